@@ -1,0 +1,268 @@
+//! Adapter choice, device creation with the adapter's own limits and features, and the
+//! capabilities kernels are chosen by.
+
+use std::sync::{Arc, Mutex};
+
+use super::pipeline::PipelineCache;
+use super::pool::BufferPool;
+use crate::error::{Error, Result};
+
+/// How to open the GPU. Defaults come from the environment:
+/// `DSVL_ADAPTER` (name substring or index), `DSVL_MAX_BINDING` (bytes), `DSVL_NO_F16`,
+/// `DSVL_NO_SUBGROUPS`; `WGPU_BACKEND` is honoured by wgpu itself.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Adapter by index (as `dsvl-gpu info` lists them) or by a case-insensitive name substring.
+    pub adapter: Option<String>,
+    /// Use at most this many bytes per storage binding (to test the split paths).
+    pub max_binding: Option<u64>,
+    /// Pretend the adapter has no SHADER_F16.
+    pub disable_f16: bool,
+    /// Pretend the adapter has no subgroup operations.
+    pub disable_subgroups: bool,
+}
+
+impl GpuOptions {
+    pub fn from_env() -> Self {
+        let flag = |k: &str| std::env::var(k).map(|v| !v.is_empty() && v != "0").unwrap_or(false);
+        GpuOptions {
+            adapter: std::env::var("DSVL_ADAPTER").ok().filter(|s| !s.is_empty()),
+            max_binding: std::env::var("DSVL_MAX_BINDING").ok().and_then(|s| s.parse().ok()),
+            disable_f16: flag("DSVL_NO_F16"),
+            disable_subgroups: flag("DSVL_NO_SUBGROUPS"),
+        }
+    }
+}
+
+/// What kernels may rely on. Detected, never assumed.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    pub f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    pub timestamps: bool,
+    /// Largest storage binding we will create (the adapter's limit, or lower if asked).
+    pub max_binding: u64,
+    pub max_buffer: u64,
+    pub storage_align: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+    pub max_workgroups_per_dim: u32,
+    pub max_storage_buffers: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        if !self.driver.is_empty() {
+            write!(f, ", {} {}", self.driver, self.driver_info)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// An open GPU: device, queue, capabilities and the caches shared by all work on it.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: AdapterSummary,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub caps: Caps,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) pool: BufferPool,
+    /// Errors wgpu reported outside any error scope; checked after every submission.
+    pub(crate) uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+}
+
+/// Features we use when the adapter has them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+    }
+}
+
+impl Gpu {
+    /// Lists the adapters wgpu can see (native only; the browser offers one).
+    pub async fn list_adapters() -> Vec<AdapterSummary> {
+        let inst = instance();
+        inst.enumerate_adapters(wgpu::Backends::all()).await.iter().map(|a| summarize(&a.get_info())).collect()
+    }
+
+    /// Opens the adapter chosen by `opts` (high-performance by default).
+    pub async fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let inst = instance();
+        let adapter = match &opts.adapter {
+            Some(sel) => {
+                let all = inst.enumerate_adapters(wgpu::Backends::all()).await;
+                let pick = match sel.parse::<usize>() {
+                    Ok(i) => all.into_iter().nth(i),
+                    Err(_) => {
+                        let s = sel.to_lowercase();
+                        all.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&s))
+                    }
+                };
+                match pick {
+                    Some(a) => a,
+                    None => {
+                        let names: Vec<String> = Gpu::list_adapters()
+                            .await
+                            .iter()
+                            .enumerate()
+                            .map(|(i, a)| format!("[{i}] {}", a.name))
+                            .collect();
+                        let available = if names.is_empty() { "none".into() } else { names.join(", ") };
+                        return Err(Error::AdapterNotFound { wanted: sel.clone(), available });
+                    }
+                }
+            }
+            None => inst
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(e.to_string()))?,
+        };
+        Gpu::from_adapter(adapter, opts).await
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let summary = summarize(&info);
+        let mut features = adapter.features() & wanted_features();
+        if opts.disable_f16 {
+            features.remove(wgpu::Features::SHADER_F16);
+        }
+        if opts.disable_subgroups {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
+        // Ask for everything the adapter offers: wgpu's defaults (128 MiB bindings, 16 KiB
+        // workgroup memory) would hide what the hardware can do.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("dsvl-gpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice { adapter: summary.to_string(), message: e.to_string() })?;
+        let uncaptured: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e);
+            }
+        }));
+        let max_binding = opts
+            .max_binding
+            .map_or(limits.max_storage_buffer_binding_size, |m| m.min(limits.max_storage_buffer_binding_size));
+        let caps = Caps {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min: info.subgroup_min_size,
+            subgroup_max: info.subgroup_max_size,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_binding,
+            max_buffer: limits.max_buffer_size,
+            storage_align: limits.min_storage_buffer_offset_alignment as u64,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
+        };
+        Ok(Gpu {
+            device,
+            queue,
+            adapter: summary,
+            features,
+            limits,
+            caps,
+            pipelines: PipelineCache::default(),
+            pool: BufferPool::default(),
+            uncaptured,
+        })
+    }
+
+    /// Returns (and clears) the first error wgpu reported outside our error scopes.
+    pub(crate) fn take_uncaptured(&self, context: &str) -> Result<()> {
+        let first = self.uncaptured.lock().ok().and_then(|mut v| if v.is_empty() { None } else { Some(v.remove(0)) });
+        match first {
+            Some(e) => Err(Error::from_wgpu(context, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Buffer pool counters: bytes live, bytes cached for reuse, allocations made.
+    pub fn pool_stats(&self) -> super::PoolStats {
+        self.pool.stats()
+    }
+
+    /// Human-readable adapter, features and limits (for `dsvl-gpu info`).
+    pub fn describe(&self) -> String {
+        let c = &self.caps;
+        let l = &self.limits;
+        let mut s = String::new();
+        s += &format!("adapter: {}\n", self.adapter);
+        s += &format!("features: {:?}\n", self.features);
+        s += &format!(
+            "kernel paths: f16 {}, subgroups {} (size {}..{}), timestamps {}\n",
+            yes(c.f16),
+            yes(c.subgroups),
+            c.subgroup_min,
+            c.subgroup_max,
+            yes(c.timestamps)
+        );
+        s += &format!("max_storage_buffer_binding_size: {} (using {})\n", l.max_storage_buffer_binding_size, c.max_binding);
+        s += &format!("max_buffer_size: {}\n", l.max_buffer_size);
+        s += &format!("max_compute_workgroup_storage_size: {}\n", l.max_compute_workgroup_storage_size);
+        s += &format!("max_compute_invocations_per_workgroup: {}\n", l.max_compute_invocations_per_workgroup);
+        s += &format!("max_compute_workgroups_per_dimension: {}\n", l.max_compute_workgroups_per_dimension);
+        s += &format!("max_storage_buffers_per_shader_stage: {}\n", l.max_storage_buffers_per_shader_stage);
+        s += &format!("min_storage_buffer_offset_alignment: {}\n", l.min_storage_buffer_offset_alignment);
+        s
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+impl Gpu {
+    /// Frees the pool's cached (unused) buffers.
+    pub fn trim_pool(&self) {
+        self.pool.trim();
+    }
+}

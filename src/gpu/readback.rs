@@ -1,0 +1,75 @@
+//! Reading GPU buffers back to the CPU. Async so the same code runs in the browser, where
+//! blocking is impossible; natively we drive the device with `poll`.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+
+impl Gpu {
+    /// Copies `bytes` bytes of `src` starting at `offset` into host memory.
+    pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let size = bytes.div_ceil(4) * 4;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
+        self.submit_checked("read-back copy", enc.finish()).await?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::Readback("the map callback was dropped (device lost?)".into()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let out = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Submits one command buffer inside validation and out-of-memory error scopes and waits
+    /// for the scopes, so failures come back as errors rather than log lines.
+    pub async fn submit_checked(&self, context: &str, cb: wgpu::CommandBuffer) -> Result<()> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.submit([cb]);
+        let v = val.pop().await;
+        let o = oom.pop().await;
+        if let Some(e) = v.or(o) {
+            return Err(Error::from_wgpu(context, e));
+        }
+        self.take_uncaptured(context)
+    }
+
+    /// Waits until the GPU has finished all submitted work (natively; a no-op in the browser,
+    /// where a read-back is the only way to wait).
+    pub fn wait_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::DeviceLost(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Reads a tensor back as f32 values (f16 is widened).
+    pub async fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(t.buffer(), t.offset(), t.byte_len()).await?;
+        Ok(t.dtype().decode_f32(&bytes, t.len()))
+    }
+
+    /// Reads a u32 tensor back.
+    pub async fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes(t.buffer(), t.offset(), t.byte_len()).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[..t.len() * 4]))
+    }
+}

@@ -1,0 +1,80 @@
+//! WGSL sources and the one small preprocessor that specialises them.
+//!
+//! Supported lines: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable). A variant
+//! with the flag `F16` gets `enable f16;` prepended, one with `SUBGROUPS` gets
+//! `enable subgroups;`. Numeric knobs use WGSL `override` constants instead.
+
+use crate::error::{Error, Result};
+
+/// Every shader file, by name. Kept in one place so tests can validate them all.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+];
+
+pub fn source(name: &str) -> Result<&'static str> {
+    SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| Error::Shader { shader: name.into(), message: "no such shader file".into() })
+}
+
+/// Expands the preprocessor lines of `src` for the given flags.
+pub fn preprocess(name: &str, src: &str, flags: &[&str]) -> Result<String> {
+    let mut out = String::with_capacity(src.len() + 64);
+    if flags.contains(&"F16") {
+        out.push_str("enable f16;\n");
+    }
+    if flags.contains(&"SUBGROUPS") {
+        out.push_str("enable subgroups;\n");
+    }
+    // Stack of (this branch active, parent active).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let active = |s: &Vec<(bool, bool)>| s.last().map_or(true, |&(a, p)| a && p);
+    for (i, line) in src.lines().enumerate() {
+        let t = line.trim_start();
+        let err = |m: &str| Error::Shader { shader: name.into(), message: format!("line {}: {m}", i + 1) };
+        if let Some(rest) = t.strip_prefix("#ifdef ") {
+            let p = active(&stack);
+            stack.push((flags.contains(&rest.trim()), p));
+        } else if let Some(rest) = t.strip_prefix("#ifndef ") {
+            let p = active(&stack);
+            stack.push((!flags.contains(&rest.trim()), p));
+        } else if t.starts_with("#else") {
+            let top = stack.last_mut().ok_or_else(|| err("#else without #ifdef"))?;
+            top.0 = !top.0;
+        } else if t.starts_with("#endif") {
+            stack.pop().ok_or_else(|| err("#endif without #ifdef"))?;
+        } else if t.starts_with('#') {
+            return Err(err("unknown directive"));
+        } else if active(&stack) {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            // Keep line numbers stable so compiler messages point at the source line.
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err(Error::Shader { shader: name.into(), message: "unterminated #ifdef".into() });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocessor_branches() {
+        let src = "a\n#ifdef X\nb\n#ifndef Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
+        let keep = |s: String| s.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>().join(",");
+        assert_eq!(keep(preprocess("t", src, &[]).unwrap()), "a,e,f");
+        assert_eq!(keep(preprocess("t", src, &["X"]).unwrap()), "a,b,c,f");
+        assert_eq!(keep(preprocess("t", src, &["X", "Y"]).unwrap()), "a,b,d,f");
+        assert!(preprocess("t", "#ifdef X\n", &[]).is_err());
+        assert!(preprocess("t", "#endif\n", &[]).is_err());
+        assert!(preprocess("t", "#define X\n", &[]).is_err());
+        assert!(preprocess("t", "x", &["F16"]).unwrap().starts_with("enable f16;"));
+    }
+}

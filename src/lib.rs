@@ -1,0 +1,15 @@
+//! dsvl-gpu: DeepSeek-VL on any GPU through WebGPU.
+//!
+//! `gpu` holds the runtime (device, tensors, pipelines, recorded step lists);
+//! `ops` holds one file per kernel family with its contract, dispatch maths and checks.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod check;
+
+#[cfg(feature = "web")]
+pub mod web;
+
+pub use error::{Error, Result};
+pub use gpu::{DType, Gpu, GpuOptions, Tensor};

@@ -1,0 +1,202 @@
+//! Element-wise ops on strided row views: GELU (exact erf and tanh forms), SiLU,
+//! SiLU·mul (SwiGLU) and residual add. Arithmetic in f32 for f32 and f16 activations.
+
+use super::{act_flags, same_dtype, shape_err, u32_of, Rows, WG};
+use crate::check::{self, compare, poisoned, CheckResult, Rng, Tol};
+use crate::error::Result;
+use crate::gpu::{grid, Bind, Gpu, Kernel, PipelineKey, Recorder, Tensor};
+use crate::params_struct;
+
+params_struct!(EltParams("EltParams") {
+    rows: u32, cols: u32, a_off: u32, a_stride: u32, b_off: u32, b_stride: u32, y_off: u32, y_stride: u32,
+});
+
+const UNARY: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::ReadWrite];
+const BINARY: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unary {
+    GeluErf,
+    GeluTanh,
+    Silu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    SiluMul,
+}
+
+impl Unary {
+    fn kernel(self) -> Kernel {
+        let entry = match self {
+            Unary::GeluErf => "gelu_erf",
+            Unary::GeluTanh => "gelu_tanh",
+            Unary::Silu => "silu",
+        };
+        Kernel { shader: "elementwise", entry, binds: UNARY }
+    }
+    /// f64 reference.
+    pub fn reference(self, x: f64) -> f64 {
+        match self {
+            Unary::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            Unary::GeluTanh => {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + u.tanh())
+            }
+            Unary::Silu => x / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+impl Binary {
+    fn kernel(self) -> Kernel {
+        let entry = match self {
+            Binary::Add => "add",
+            Binary::SiluMul => "silu_mul",
+        };
+        Kernel { shader: "elementwise", entry, binds: BINARY }
+    }
+    pub fn reference(self, a: f64, b: f64) -> f64 {
+        match self {
+            Binary::Add => a + b,
+            Binary::SiluMul => a / (1.0 + (-a).exp()) * b,
+        }
+    }
+}
+
+/// Every pipeline this file can ask for (validated by naga in the tests).
+pub fn variants() -> Vec<PipelineKey> {
+    let mut v = Vec::new();
+    for flags in [&[][..], &["F16"][..]] {
+        for u in [Unary::GeluErf, Unary::GeluTanh, Unary::Silu] {
+            v.push(PipelineKey::new(u.kernel(), flags, &[]));
+        }
+        for b in [Binary::Add, Binary::SiluMul] {
+            let f: Vec<&'static str> = flags.iter().copied().chain(["BINARY"]).collect();
+            v.push(PipelineKey::new(b.kernel(), &f, &[]));
+        }
+    }
+    v
+}
+
+fn same_extent(op: &'static str, a: &Rows, y: &Rows) -> Result<()> {
+    if a.rows != y.rows || a.cols != y.cols {
+        return Err(shape_err(op, format!("input {}x{} vs output {}x{}", a.rows, a.cols, y.rows, y.cols)));
+    }
+    Ok(())
+}
+
+/// y = f(a), element-wise over the view. `y` must not share a buffer with `a`.
+pub fn unary(rec: &mut Recorder, f: Unary, a: &Rows, y: &Rows) -> Result<()> {
+    let op = "unary";
+    a.check(op)?;
+    y.check(op)?;
+    same_extent(op, a, y)?;
+    same_dtype(op, a.t.dtype(), &[y.t])?;
+    let n = u32_of(op, a.rows * a.cols)?;
+    let params = EltParams {
+        rows: a.rows as u32,
+        cols: a.cols as u32,
+        a_off: a.off as u32,
+        a_stride: a.stride as u32,
+        b_off: 0,
+        b_stride: 0,
+        y_off: y.off as u32,
+        y_stride: y.stride as u32,
+    };
+    let key = PipelineKey::new(f.kernel(), act_flags(op, a.t.dtype())?, &[]);
+    rec.dispatch(&key, &params, &[a.t, y.t], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
+}
+
+/// y = f(a, b), element-wise over the views.
+pub fn binary(rec: &mut Recorder, f: Binary, a: &Rows, b: &Rows, y: &Rows) -> Result<()> {
+    let op = "binary";
+    a.check(op)?;
+    b.check(op)?;
+    y.check(op)?;
+    same_extent(op, a, y)?;
+    same_extent(op, b, y)?;
+    same_dtype(op, a.t.dtype(), &[b.t, y.t])?;
+    let n = u32_of(op, a.rows * a.cols)?;
+    let params = EltParams {
+        rows: a.rows as u32,
+        cols: a.cols as u32,
+        a_off: a.off as u32,
+        a_stride: a.stride as u32,
+        b_off: b.off as u32,
+        b_stride: b.stride as u32,
+        y_off: y.off as u32,
+        y_stride: y.stride as u32,
+    };
+    let mut flags = act_flags(op, a.t.dtype())?.to_vec();
+    flags.push("BINARY");
+    let key = PipelineKey::new(f.kernel(), &flags, &[]);
+    rec.dispatch(&key, &params, &[a.t, b.t, y.t], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
+}
+
+// ---- checks ----
+
+async fn check_unary(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(1);
+    let mut report = Vec::new();
+    for dtype in check::act_dtypes(gpu) {
+        for f in [Unary::GeluErf, Unary::GeluTanh, Unary::Silu] {
+            for (rows, cols) in [(1, 1), (7, 33), (3, 577), (2, 5632)] {
+                let n = rows * cols;
+                // Wide range, including large |x| where tanh/exp can overflow.
+                let mut x = rng.vec(n, -8.0, 8.0);
+                if n > 4 {
+                    x[0] = -30.0;
+                    x[1] = 30.0;
+                    x[2] = 0.0;
+                    x[3] = -1e-4;
+                }
+                let x = check::round_to(dtype, &x);
+                let a = Tensor::from_f32(gpu, &[rows, cols], dtype, &x)?;
+                let y = poisoned(gpu, &[rows, cols], dtype)?;
+                let mut rec = Recorder::new(gpu);
+                unary(&mut rec, f, &Rows::all(&a), &Rows::all(&y))?;
+                rec.finish()?.run(gpu).await?;
+                let got = gpu.read_f32(&y).await?;
+                let want: Vec<f64> = x.iter().map(|&v| f.reference(v as f64)).collect();
+                // f32: the 1e-6 absolute bound torch parity needs; f16: one rounding of the output.
+                let tol = if dtype == crate::gpu::DType::F16 { Tol { abs: 1e-3, rel: 1e-3 } } else { Tol { abs: 1e-6, rel: 1e-6 } };
+                let err = compare(&format!("{f:?} {dtype} {rows}x{cols}"), &got, &want, tol)?;
+                report.push(format!("{f:?}/{dtype}/{n}:{err:.1e}"));
+            }
+        }
+    }
+    Ok(report.join(" "))
+}
+
+async fn check_binary_strided(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(2);
+    let mut worst = 0.0f64;
+    for dtype in check::act_dtypes(gpu) {
+        for f in [Binary::Add, Binary::SiluMul] {
+            for (rows, cols) in [(1, 1), (7, 33), (5, 577), (1, 5632)] {
+                // a and b are column slices of one fused [rows, 2*cols + 3] tensor (as gate|up).
+                let wide = 2 * cols + 3;
+                let src = check::round_to(dtype, &rng.vec(rows * wide, -6.0, 6.0));
+                let ab = Tensor::from_f32(gpu, &[rows, wide], dtype, &src)?;
+                let y = poisoned(gpu, &[rows, cols], dtype)?;
+                let mut rec = Recorder::new(gpu);
+                binary(&mut rec, f, &Rows::cols(&ab, 1, cols), &Rows::cols(&ab, 1 + cols, cols), &Rows::all(&y))?;
+                rec.finish()?.run(gpu).await?;
+                let got = gpu.read_f32(&y).await?;
+                let want: Vec<f64> = (0..rows * cols)
+                    .map(|i| {
+                        let (r, c) = (i / cols, i % cols);
+                        f.reference(src[r * wide + 1 + c] as f64, src[r * wide + 1 + cols + c] as f64)
+                    })
+                    .collect();
+                let tol = if dtype == crate::gpu::DType::F16 { Tol { abs: 2e-3, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 1e-6 } };
+                worst = worst.max(compare(&format!("{f:?} {dtype} {rows}x{cols}"), &got, &want, tol)?);
+            }
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+crate::checks!(check_unary, check_binary_strided);

@@ -1,0 +1,107 @@
+//! Kernels, one file per family: the op's shape contract, kernel choice, dispatch maths and
+//! its checks against a CPU f64 reference (see `crate::check`).
+
+pub mod elementwise;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Tensor};
+
+/// The checks of every op family, run by `tests/kernels.rs`, `dsvl-gpu selftest-kernels` and the browser.
+pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[elementwise::CHECKS];
+
+/// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
+pub(crate) const WG: u32 = 256;
+
+/// Preprocessor flags for an activation dtype.
+pub(crate) fn act_flags(op: &'static str, dtype: DType) -> Result<&'static [&'static str]> {
+    match dtype {
+        DType::F32 => Ok(&[]),
+        DType::F16 => Ok(&["F16"]),
+        DType::U32 => Err(Error::DType { op, dtype: dtype.name().into(), detail: "activations are f32 or f16".into() }),
+    }
+}
+
+/// Fails unless every tensor has `dtype`.
+pub(crate) fn same_dtype(op: &'static str, dtype: DType, ts: &[&Tensor]) -> Result<()> {
+    for t in ts {
+        if t.dtype() != dtype {
+            return Err(Error::DType { op, dtype: t.dtype().name().into(), detail: format!("expected {dtype} like the other operands") });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn shape_err(op: &'static str, detail: String) -> Error {
+    Error::Shape { op, detail }
+}
+
+/// Element count as u32 (shaders index with u32), failing beyond that.
+pub(crate) fn u32_of(op: &'static str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| shape_err(op, format!("{n} elements exceed u32 indexing")))
+}
+
+/// A matrix of `rows` x `cols` inside a tensor, starting at element `off`, rows `stride`
+/// elements apart. Lets kernels read column slices (q, k, v inside a fused qkv output) and
+/// write into bigger buffers without copies.
+#[derive(Clone, Debug)]
+pub struct Rows<'a> {
+    pub t: &'a Tensor,
+    pub off: usize,
+    pub stride: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// The whole tensor as [prod(leading dims), last dim].
+    pub fn all(t: &'a Tensor) -> Rows<'a> {
+        let cols = t.shape().last().copied().unwrap_or(1);
+        let rows = if cols == 0 { 0 } else { t.len() / cols };
+        Rows { t, off: 0, stride: cols, rows, cols }
+    }
+
+    /// Columns `c0 .. c0 + n` of the whole tensor.
+    pub fn cols(t: &'a Tensor, c0: usize, n: usize) -> Rows<'a> {
+        let all = Rows::all(t);
+        Rows { off: c0, cols: n, ..all }
+    }
+
+    /// Rows `r0 .. r0 + n` of this view.
+    pub fn rows(&self, r0: usize, n: usize) -> Rows<'a> {
+        Rows { off: self.off + r0 * self.stride, rows: n, ..self.clone() }
+    }
+
+    pub(crate) fn check(&self, op: &'static str) -> Result<()> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(shape_err(op, "empty view".into()));
+        }
+        let end = self.off + (self.rows - 1) * self.stride + self.cols;
+        if self.cols > self.stride || end > self.t.len() {
+            return Err(shape_err(
+                op,
+                format!("view {}x{} at {} stride {} outside {:?}", self.rows, self.cols, self.off, self.stride, self.t.shape()),
+            ));
+        }
+        u32_of(op, end)?;
+        Ok(())
+    }
+}
+
+/// Every pipeline variant the ops can ask for: validated by naga in `tests/shaders.rs`.
+pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
+    let mut v = Vec::new();
+    v.extend(elementwise::variants());
+    v
+}
+
+/// Layout of a parameter struct as Rust sees it: (shader file, WGSL struct name, size, fields).
+pub type ParamLayout = (&'static str, &'static str, usize, &'static [(&'static str, usize)]);
+
+pub(crate) fn layout_of<P: crate::gpu::Params>(shader: &'static str) -> ParamLayout {
+    (shader, P::WGSL_NAME, std::mem::size_of::<P>(), P::FIELDS)
+}
+
+/// Every parameter struct, checked against naga's WGSL layout in `tests/shaders.rs`.
+pub fn param_layouts() -> Vec<ParamLayout> {
+    vec![layout_of::<elementwise::EltParams>("elementwise")]
+}

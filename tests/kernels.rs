@@ -1,0 +1,20 @@
+//! Every kernel check from the library, on the default adapter (lavapipe in CI).
+//! One #[test] per check, and a test that the list here is complete.
+
+mod common;
+
+macro_rules! kernel_tests {
+    ($($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { common::run_check(common::gpu(), stringify!($name)); } )*
+        const LISTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+kernel_tests!(check_unary, check_binary_strided);
+
+#[test]
+fn every_check_is_listed() {
+    for (name, _) in dsvl_gpu::check::all() {
+        assert!(LISTED.contains(&name), "check {name} has no #[test] in tests/kernels.rs");
+    }
+}

@@ -1,0 +1,57 @@
+//! Shader checks that need no GPU: every pipeline variant preprocesses, parses and validates
+//! with naga, every shader file is used, and every Rust parameter struct matches its WGSL twin.
+
+use dsvl_gpu::gpu::shader;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn parse(label: &str, src: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)))
+}
+
+#[test]
+fn every_variant_validates() {
+    let variants = dsvl_gpu::ops::all_variants();
+    assert!(!variants.is_empty());
+    for key in &variants {
+        let src = key.wgsl().unwrap_or_else(|e| panic!("{key}: {e}"));
+        let module = parse(&key.to_string(), &src);
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
+        drop(info);
+        assert!(
+            module.entry_points.iter().any(|ep| ep.name == key.kernel.entry),
+            "{key}: no entry point {}",
+            key.kernel.entry
+        );
+        // Bindings the shader declares must match the kernel's declared binding list.
+        for (_, var) in module.global_variables.iter() {
+            if let Some(b) = &var.binding {
+                assert_eq!(b.group, 0, "{key}: only group 0 is used");
+                assert!((b.binding as usize) < key.kernel.binds.len(), "{key}: binding {} not declared in Rust", b.binding);
+            }
+        }
+    }
+    for (name, _) in shader::SOURCES {
+        assert!(variants.iter().any(|k| k.kernel.shader == *name), "shader {name} is never used by an op");
+    }
+}
+
+#[test]
+fn param_structs_match_wgsl() {
+    for (file, wgsl_name, size, fields) in dsvl_gpu::ops::param_layouts() {
+        let src = shader::preprocess(file, shader::source(file).unwrap(), &[]).unwrap();
+        let module = parse(file, &src);
+        let (_, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(wgsl_name))
+            .unwrap_or_else(|| panic!("{file}: no struct {wgsl_name}"));
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{wgsl_name} is not a struct") };
+        let wgsl: Vec<(String, usize)> =
+            members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
+        let rust: Vec<(String, usize)> = fields.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+        assert_eq!(rust, wgsl, "{file}::{wgsl_name}: Rust fields/offsets differ from WGSL");
+        assert_eq!(size, *span as usize, "{file}::{wgsl_name}: Rust size {size} vs WGSL span {span}");
+    }
+}
