@@ -142,3 +142,24 @@ pub fn poisoned(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor, Erro
 pub fn act_dtypes(gpu: &Gpu) -> Vec<DType> {
     if gpu.caps.f16 { vec![DType::F32, DType::F16] } else { vec![DType::F32] }
 }
+
+/// Like `compare`, with each element's bound scaled by its own magnitude `mag[i]` (for sums,
+/// the sum of |terms|): |got - want| <= abs + rel * |want| + mag_rel * mag[i].
+pub fn compare_mag(what: &str, got: &[f32], want: &[f64], mag: &[f64], tol: Tol, mag_rel: f64) -> Result<f64, CheckError> {
+    if got.len() != want.len() || mag.len() != want.len() {
+        return Err(CheckError(format!("{what}: {} values, expected {}", got.len(), want.len())));
+    }
+    let mut max_err = 0.0f64;
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        if !g.is_finite() {
+            return Err(CheckError(format!("{what}: element {i} is {g} (unwritten or overflow), expected {w}")));
+        }
+        let err = (g as f64 - w).abs();
+        let bound = tol.abs + tol.rel * w.abs() + mag_rel * m;
+        if err > bound {
+            return Err(CheckError(format!("{what}: element {i} = {g}, expected {w} (err {err:.3e} > bound {bound:.3e})")));
+        }
+        max_err = max_err.max(err);
+    }
+    Ok(max_err)
+}

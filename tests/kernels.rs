@@ -10,7 +10,19 @@ macro_rules! kernel_tests {
     };
 }
 
-kernel_tests!(check_unary, check_binary_strided);
+kernel_tests!(
+    check_unary,
+    check_binary_strided,
+    check_linear,
+    check_linear_split,
+    check_linear_views,
+    check_norms,
+    check_softmax,
+    check_rope,
+    check_rope_replay,
+    check_attention_vit,
+    check_attention_causal,
+);
 
 #[test]
 fn every_check_is_listed() {

@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 /// Every shader file, by name. Kept in one place so tests can validate them all.
 pub const SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("norm", include_str!("../../shaders/norm.wgsl")),
+    ("softmax", include_str!("../../shaders/softmax.wgsl")),
+    ("rope", include_str!("../../shaders/rope.wgsl")),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

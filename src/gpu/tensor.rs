@@ -239,11 +239,17 @@ impl RowSplit {
 
     /// Uploads host bytes in `dtype` layout, splitting as the limits require.
     pub fn from_bytes(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, bytes: &[u8]) -> Result<RowSplit> {
+        let per = RowSplit::rows_per_part(gpu, cols, dtype)?;
+        RowSplit::from_bytes_parts(gpu, rows, cols, dtype, bytes, per)
+    }
+
+    /// As `from_bytes` with at most `rows_per_part` rows per part (tests force small parts).
+    pub fn from_bytes_parts(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, bytes: &[u8], rows_per_part: usize) -> Result<RowSplit> {
         let row_bytes = cols * dtype.size();
         if bytes.len() != rows * row_bytes {
             return Err(Error::Shape { op: "upload", detail: format!("[{rows}, {cols}] {dtype} needs {} bytes, got {}", rows * row_bytes, bytes.len()) });
         }
-        let per = RowSplit::rows_per_part(gpu, cols, dtype)?;
+        let per = rows_per_part.min(RowSplit::rows_per_part(gpu, cols, dtype)?).max(1);
         let mut parts = Vec::new();
         let mut r0 = 0;
         while r0 < rows {

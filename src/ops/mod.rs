@@ -2,12 +2,16 @@
 //! its checks against a CPU f64 reference (see `crate::check`).
 
 pub mod elementwise;
+pub mod attention;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};
 
 /// The checks of every op family, run by `tests/kernels.rs`, `dsvl-gpu selftest-kernels` and the browser.
-pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[elementwise::CHECKS];
+pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[elementwise::CHECKS, matmul::CHECKS, norm::CHECKS, rope::CHECKS, attention::CHECKS];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
 pub(crate) const WG: u32 = 256;
@@ -91,6 +95,10 @@ impl<'a> Rows<'a> {
 pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     let mut v = Vec::new();
     v.extend(elementwise::variants());
+    v.extend(matmul::variants());
+    v.extend(norm::variants());
+    v.extend(rope::variants());
+    v.extend(attention::variants());
     v
 }
 
@@ -103,5 +111,10 @@ pub(crate) fn layout_of<P: crate::gpu::Params>(shader: &'static str) -> ParamLay
 
 /// Every parameter struct, checked against naga's WGSL layout in `tests/shaders.rs`.
 pub fn param_layouts() -> Vec<ParamLayout> {
-    vec![layout_of::<elementwise::EltParams>("elementwise")]
+    vec![layout_of::<elementwise::EltParams>("elementwise"), layout_of::<matmul::MatmulParams>("matmul"),
+        layout_of::<norm::NormParams>("norm"),
+        layout_of::<norm::SoftmaxParams>("softmax"),
+        layout_of::<rope::RopeParams>("rope"),
+        layout_of::<attention::AttnParams>("attention"),
+    ]
 }

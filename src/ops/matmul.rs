@@ -1,0 +1,265 @@
+//! Linear layers: y = x·Wᵀ (+ bias) with PyTorch's [out, in] weight layout, optionally
+//! followed by GELU and/or added to y (residual). Few rows (decode) use the GEMV kernel;
+//! many rows use the 128x128 tiled GEMM. Weights are f32 or f16 (f16 read as packed pairs,
+//! so it works without SHADER_F16) and may be split in row blocks (`RowSplit`) to respect the
+//! binding limit: one dispatch per block, each writing its own output columns.
+
+use super::{act_flags, shape_err, u32_of, Rows};
+use crate::check::{self, compare_mag, poisoned, CheckResult, Rng, Tol};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, RowSplit, Tensor};
+use crate::params_struct;
+
+params_struct!(MatmulParams("MatmulParams") {
+    m: u32, n: u32, k: u32, x_off: u32, x_stride: u32, y_off: u32, y_stride: u32,
+    n_off: u32, bias_off: u32, flags: u32, act: u32, _pad0: u32,
+});
+
+const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+const GEMM: Kernel = Kernel { shader: "matmul", entry: "gemm", binds: BINDS };
+const GEMV: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: BINDS };
+
+/// Rows up to which the GEMV kernel is used (its per-workgroup row capacity).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Activation applied after the bias.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Act {
+    #[default]
+    None,
+    GeluErf,
+    GeluTanh,
+}
+
+/// What happens after the product: `y = act(x·Wᵀ + bias) (+ y if residual)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// f32 bias [out].
+    pub bias: Option<&'a Tensor>,
+    pub act: Act,
+    /// Add the product to what y holds (fuses the residual add).
+    pub residual: bool,
+}
+
+pub fn variants() -> Vec<PipelineKey> {
+    let mut v = Vec::new();
+    for act in [&[][..], &["F16"][..]] {
+        for w in [&[][..], &["W_F16"][..]] {
+            let base: Vec<&'static str> = act.iter().chain(w).copied().collect();
+            v.push(PipelineKey::new(GEMM, &base, &[]));
+            v.push(PipelineKey::new(GEMV, &base, &[]));
+            let vec: Vec<&'static str> = base.iter().copied().chain(["VEC"]).collect();
+            v.push(PipelineKey::new(GEMV, &vec, &[]));
+        }
+    }
+    v
+}
+
+/// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K], y: [M, N] view.
+pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows) -> Result<()> {
+    let op = "linear";
+    x.check(op)?;
+    y.check(op)?;
+    let (m, k, n) = (x.rows, x.cols, w.rows);
+    if w.cols != k {
+        return Err(shape_err(op, format!("x has {k} columns, weight is [{}, {}]", w.rows, w.cols)));
+    }
+    if y.rows != m || y.cols != n {
+        return Err(shape_err(op, format!("output {}x{}, expected {m}x{n}", y.rows, y.cols)));
+    }
+    if x.t.same_buffer(y.t) {
+        return Err(shape_err(op, "x and y share a buffer".into()));
+    }
+    if y.t.dtype() != x.t.dtype() {
+        return Err(Error::DType { op, dtype: y.t.dtype().name().into(), detail: format!("output must match x ({})", x.t.dtype()) });
+    }
+    let mut flags = act_flags(op, x.t.dtype())?.to_vec();
+    match w.dtype {
+        DType::F32 => {}
+        DType::F16 => flags.push("W_F16"),
+        DType::U32 => return Err(Error::DType { op, dtype: "u32".into(), detail: "weights are f32 or f16".into() }),
+    }
+    let dummy;
+    let bias = match ep.bias {
+        Some(b) => {
+            if b.dtype() != DType::F32 || b.len() < n {
+                return Err(shape_err(op, format!("bias {:?} {} for {n} outputs (f32 expected)", b.shape(), b.dtype())));
+            }
+            b
+        }
+        None => {
+            dummy = Tensor::empty(rec.gpu, &[1], DType::F32)?;
+            &dummy
+        }
+    };
+    let gemv = m <= GEMV_MAX_ROWS;
+    // 16-byte loads need K and every row start of x to be multiples of 8 elements.
+    if gemv && k % 8 == 0 && x.off % 4 == 0 && x.stride % 4 == 0 {
+        flags.push("VEC");
+    }
+    let key = PipelineKey::new(if gemv { GEMV } else { GEMM }, &flags, &[]);
+    let act = match ep.act {
+        Act::None => 0,
+        Act::GeluErf => 1,
+        Act::GeluTanh => 2,
+    };
+    for (row0, part) in &w.parts {
+        let pn = part.shape()[0];
+        u32_of(op, pn * k)?;
+        let params = MatmulParams {
+            m: m as u32,
+            n: pn as u32,
+            k: k as u32,
+            x_off: x.off as u32,
+            x_stride: x.stride as u32,
+            y_off: y.off as u32,
+            y_stride: y.stride as u32,
+            n_off: *row0 as u32,
+            bias_off: *row0 as u32,
+            flags: ep.bias.is_some() as u32 | (ep.residual as u32) << 1,
+            act,
+            _pad0: 0,
+        };
+        let wg = if gemv {
+            grid((pn as u32).div_ceil(8), rec.gpu.caps.max_workgroups_per_dim)
+        } else {
+            [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
+        };
+        rec.dispatch(&key, &params, &[x.t, part, bias, y.t], wg)?;
+    }
+    Ok(())
+}
+
+// ---- checks ----
+
+/// Reference y (and per-element magnitude sum |x w|) in f64.
+fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, act: Act, prev: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut a) = (0.0f64, 0.0f64);
+            for t in 0..k {
+                let p = x[i * k + t] as f64 * w[j * k + t] as f64;
+                s += p;
+                a += p.abs();
+            }
+            if let Some(b) = bias {
+                s += b[j] as f64;
+                a += (b[j] as f64).abs();
+            }
+            s = match act {
+                Act::None => s,
+                Act::GeluErf => super::elementwise::Unary::GeluErf.reference(s),
+                Act::GeluTanh => super::elementwise::Unary::GeluTanh.reference(s),
+            };
+            if let Some(p) = prev {
+                s += p[i * n + j] as f64;
+                a += (p[i * n + j] as f64).abs();
+            }
+            y[i * n + j] = s;
+            mag[i * n + j] = a;
+        }
+    }
+    (y, mag)
+}
+
+struct Case {
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: bool,
+    act: Act,
+    residual: bool,
+    part_rows: usize,
+}
+
+async fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case, act_dt: DType, w_dt: DType) -> Result<f64, check::CheckError> {
+    let x = check::round_to(act_dt, &rng.normals(c.m * c.k, 1.0));
+    let w = check::round_to(w_dt, &rng.normals(c.n * c.k, (1.0 / c.k as f32).sqrt()));
+    let b = rng.normals(c.n, 0.5);
+    let prev = check::round_to(act_dt, &rng.normals(c.m * c.n, 1.0));
+    let xt = Tensor::from_f32(gpu, &[c.m, c.k], act_dt, &x)?;
+    let wt = RowSplit::from_bytes_parts(gpu, c.n, c.k, w_dt, &w_dt.encode_f32(&w), c.part_rows)?;
+    let bt = Tensor::from_f32(gpu, &[c.n], DType::F32, &b)?;
+    let yt = if c.residual { Tensor::from_f32(gpu, &[c.m, c.n], act_dt, &prev)? } else { poisoned(gpu, &[c.m, c.n], act_dt)? };
+    let mut rec = Recorder::new(gpu);
+    let ep = Epilogue { bias: c.bias.then_some(&bt), act: c.act, residual: c.residual };
+    linear(&mut rec, &Rows::all(&xt), &wt, ep, &Rows::all(&yt))?;
+    rec.finish()?.run(gpu).await?;
+    let got = gpu.read_f32(&yt).await?;
+    let (want, mag) = reference(&x, &w, c.bias.then_some(&b[..]), c.m, c.k, c.n, c.act, c.residual.then_some(&prev[..]));
+    // f32 accumulation: a few ulp of the sum of |terms|; f16 output adds one f16 rounding.
+    let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 1e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
+    let what = format!("linear {}x{}x{} x:{act_dt} w:{w_dt} parts:{} {:?}", c.m, c.k, c.n, wt.parts.len(), c.act);
+    compare_mag(&what, &got, &want, &mag, tol, 4e-6)
+}
+
+fn cases() -> Vec<Case> {
+    let c = |m, k, n, bias, act, residual, part_rows| Case { m, k, n, bias, act, residual, part_rows };
+    vec![
+        c(1, 1, 1, false, Act::None, false, usize::MAX),
+        c(1, 64, 33, true, Act::None, false, usize::MAX),        // GEMV, 16-byte loads
+        c(3, 33, 7, true, Act::GeluErf, false, usize::MAX),      // GEMV, scalar path
+        c(8, 5632, 9, false, Act::None, true, usize::MAX),       // GEMV, long K, residual
+        c(9, 40, 17, true, Act::GeluTanh, false, usize::MAX),    // GEMM, smallest
+        c(33, 64, 130, true, Act::None, true, usize::MAX),       // GEMM, N over one tile
+        c(577, 24, 129, false, Act::GeluErf, false, usize::MAX), // GEMM, vision-like rows
+        c(130, 257, 33, true, Act::None, false, usize::MAX),     // GEMM, K not a multiple of 8
+    ]
+}
+
+async fn check_linear(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(10);
+    let mut worst = 0.0f64;
+    for act_dt in check::act_dtypes(gpu) {
+        for w_dt in [DType::F32, DType::F16] {
+            for c in cases() {
+                worst = worst.max(run_case(gpu, &mut rng, &c, act_dt, w_dt).await?);
+            }
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+/// Weights split into several row blocks (as the 102400-row lm_head is under 128 MiB bindings).
+async fn check_linear_split(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(11);
+    let mut worst = 0.0f64;
+    for w_dt in [DType::F32, DType::F16] {
+        for c in [
+            Case { m: 1, k: 64, n: 200, bias: true, act: Act::None, residual: false, part_rows: 64 },
+            Case { m: 2, k: 48, n: 100, bias: false, act: Act::None, residual: true, part_rows: 17 },
+            Case { m: 20, k: 40, n: 300, bias: true, act: Act::GeluErf, residual: false, part_rows: 128 },
+        ] {
+            worst = worst.max(run_case(gpu, &mut rng, &c, DType::F32, w_dt).await?);
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+/// Column/row views: x as a column slice of a wider tensor, y written into a column slice.
+async fn check_linear_views(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(12);
+    let (m, k, n, wide_x, wide_y) = (10, 16, 24, 40, 60);
+    let big = rng.normals(m * wide_x, 1.0);
+    let w = rng.normals(n * k, 0.3);
+    let xt = Tensor::from_f32(gpu, &[m, wide_x], DType::F32, &big)?;
+    let wt = RowSplit::from_f32(gpu, n, k, DType::F32, &w)?;
+    let yt = poisoned(gpu, &[m, wide_y], DType::F32)?;
+    let mut rec = Recorder::new(gpu);
+    linear(&mut rec, &Rows::cols(&xt, 8, k), &wt, Epilogue::default(), &Rows::cols(&yt, 30, n))?;
+    rec.finish()?.run(gpu).await?;
+    let got = gpu.read_f32(&yt).await?;
+    let xs: Vec<f32> = (0..m * k).map(|i| big[(i / k) * wide_x + 8 + i % k]).collect();
+    let (want, mag) = reference(&xs, &w, None, m, k, n, Act::None, None);
+    let sel: Vec<f32> = (0..m * n).map(|i| got[(i / n) * wide_y + 30 + i % n]).collect();
+    let err = compare_mag("linear views", &sel, &want, &mag, Tol { abs: 1e-6, rel: 0.0 }, 4e-6)?;
+    // Columns outside the written slice must still hold the poison.
+    if let Some(i) = (0..m * wide_y).find(|&i| !(30..30 + n).contains(&(i % wide_y)) && !got[i].is_nan()) {
+        return Err(format!("linear views: element {i} outside the output slice was written").into());
+    }
+    Ok(format!("max abs err {err:.2e}"))
+}
+
+crate::checks!(check_linear, check_linear_split, check_linear_views);
