@@ -1,1 +1,110 @@
-fn main() {}
+//! The `dsvl-gpu` command line. Until the model lands, `info`, `selftest-kernels` and
+//! `bench-ops` are what it does.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use dsvl_gpu::{Gpu, GpuOptions};
+
+#[derive(Parser)]
+#[command(name = "dsvl-gpu", version, about = "DeepSeek-VL on any GPU through WebGPU")]
+struct Cli {
+    /// Adapter by index (see `info`) or name substring; default: high-performance (env DSVL_ADAPTER).
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// Cap the storage binding size in bytes (exercises the split paths; env DSVL_MAX_BINDING).
+    #[arg(long, global = true)]
+    max_binding: Option<u64>,
+    /// Use f32 kernels even where the adapter has SHADER_F16 (env DSVL_NO_F16).
+    #[arg(long, global = true)]
+    no_f16: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List adapters and print the chosen one's backend, features and limits.
+    Info,
+    /// Run every kernel check on this GPU against CPU f64 references.
+    SelftestKernels {
+        /// Only checks whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure kernel throughput at DeepSeek-VL-1.3B shapes (GFLOP/s, GB/s).
+    BenchOps {
+        /// One repetition per op (for software adapters).
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let mut opts = GpuOptions::from_env();
+    if cli.adapter.is_some() {
+        opts.adapter = cli.adapter.clone();
+    }
+    if cli.max_binding.is_some() {
+        opts.max_binding = cli.max_binding;
+    }
+    opts.disable_f16 |= cli.no_f16;
+    let open = || pollster::block_on(Gpu::new(&opts)).context("opening the GPU");
+    match cli.cmd {
+        Cmd::Info => {
+            let all = pollster::block_on(Gpu::list_adapters());
+            println!("adapters:");
+            for (i, a) in all.iter().enumerate() {
+                println!("  [{i}] {a}");
+            }
+            print!("{}", open()?.describe());
+        }
+        Cmd::SelftestKernels { filter } => {
+            let gpu = open()?;
+            println!("adapter: {}", gpu.adapter);
+            let (mut ran, mut failed) = (0, 0);
+            for (name, f) in dsvl_gpu::check::all() {
+                if filter.as_deref().is_some_and(|s| !name.contains(s)) {
+                    continue;
+                }
+                ran += 1;
+                match pollster::block_on(f(&gpu)) {
+                    Ok(s) => println!("ok   {name}: {s}"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAIL {name}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {ran} kernel checks failed on {}", gpu.adapter.name);
+            }
+            println!("all {ran} kernel checks passed");
+        }
+        Cmd::BenchOps { quick, json } => {
+            let gpu = open()?;
+            let rows = pollster::block_on(dsvl_gpu::bench::bench_ops(&gpu, quick))?;
+            if json {
+                for r in &rows {
+                    println!("{{\"op\":\"{}\",\"ms\":{:.4},\"gflops\":{:.1},\"gbs\":{:.1}}}", r.name, r.ms, r.gflops, r.gbs);
+                }
+            } else {
+                println!("adapter: {}", gpu.adapter);
+                println!("| op | ms | GFLOP/s | GB/s |\n|---|---|---|---|");
+                for r in &rows {
+                    println!("| {} | {:.3} | {:.0} | {:.0} |", r.name, r.ms, r.gflops, r.gbs);
+                }
+            }
+        }
+    }
+    Ok(())
+}

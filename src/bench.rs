@@ -1,0 +1,93 @@
+//! `bench-ops`: throughput of the kernels at DeepSeek-VL-1.3B shapes. A benchmark, not a
+//! test: it prints numbers and asserts nothing. Native only (it times with the host clock
+//! around whole submissions of many repetitions, after a warm-up).
+
+use std::time::Instant;
+
+use crate::check::Rng;
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Recorder, RowSplit, StepList, Tensor};
+use crate::ops::attention::{attention, AttnShape};
+use crate::ops::matmul::{linear, Epilogue};
+use crate::ops::Rows;
+
+/// One measured row.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    pub name: String,
+    pub ms: f64,
+    pub gflops: f64,
+    pub gbs: f64,
+}
+
+async fn time_list(gpu: &Gpu, list: &StepList, reps: usize, trials: usize) -> Result<f64> {
+    list.run_repeated(gpu, 2).await?; // warm-up: pipelines, caches, clocks
+    gpu.wait_idle()?;
+    let mut times = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        let t = Instant::now();
+        list.run_repeated(gpu, reps).await?;
+        gpu.wait_idle()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+async fn bench_linear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, w: DType, reps: usize, trials: usize) -> Result<BenchRow> {
+    let mut rng = Rng::new(7);
+    let x = Tensor::from_f32(gpu, &[m, k], act, &rng.normals(m * k, 1.0))?;
+    let wt = RowSplit::from_f32(gpu, n, k, w, &rng.normals(n * k, 0.02))?;
+    let y = Tensor::empty(gpu, &[m, n], act)?;
+    let mut rec = Recorder::new(gpu);
+    linear(&mut rec, &Rows::all(&x), &wt, Epilogue::default(), &Rows::all(&y))?;
+    let ms = time_list(gpu, &rec.finish()?, reps, trials).await?;
+    let flops = 2.0 * (m * k * n) as f64;
+    let bytes = (n * k * w.size() + m * k * act.size() + m * n * act.size()) as f64;
+    let kind = if m <= crate::ops::matmul::GEMV_MAX_ROWS { "GEMV" } else { "GEMM" };
+    Ok(BenchRow { name: format!("{kind} {m}x{k}->{n} x:{act} w:{w}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6 })
+}
+
+async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType, causal: bool, reps: usize, trials: usize) -> Result<BenchRow> {
+    let mut rng = Rng::new(8);
+    let w = heads * d;
+    let qkv = Tensor::from_f32(gpu, &[n, 3 * w], act, &rng.normals(n * 3 * w, 1.0))?;
+    let o = Tensor::empty(gpu, &[n, w], act)?;
+    let seq = Tensor::from_u32(gpu, &[2], &[0, n as u32])?;
+    let s = AttnShape { heads, kv_heads: heads, head_dim: d, scale: (d as f32).powf(-0.5), causal };
+    let mut rec = Recorder::new(gpu);
+    attention(&mut rec, &Rows::cols(&qkv, 0, w), &Rows::cols(&qkv, w, w), &Rows::cols(&qkv, 2 * w, w), &Rows::all(&o), s, &seq)?;
+    let ms = time_list(gpu, &rec.finish()?, reps, trials).await?;
+    let pairs = if causal { (n * (n + 1) / 2) as f64 } else { (n * n) as f64 };
+    let flops = 4.0 * pairs * (heads * d) as f64;
+    let bytes = (4 * n * w * act.size()) as f64;
+    let mode = if causal { "causal" } else { "full" };
+    Ok(BenchRow { name: format!("attention {n}x{n} {heads}x{d} {mode} {act}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6 })
+}
+
+/// Runs the standard set. `quick` shrinks repetitions (for slow software adapters).
+pub async fn bench_ops(gpu: &Gpu, quick: bool) -> Result<Vec<BenchRow>> {
+    let (reps, trials) = if quick { (1, 1) } else { (20, 5) };
+    let mut acts = vec![DType::F32];
+    if gpu.caps.f16 {
+        acts.push(DType::F16);
+    }
+    let mut rows = Vec::new();
+    for &act in &acts {
+        rows.push(bench_linear(gpu, 576, 1024, 4096, act, DType::F16, reps, trials).await?);
+        rows.push(bench_linear(gpu, 620, 2048, 5632, act, DType::F16, reps, trials).await?);
+    }
+    rows.push(bench_linear(gpu, 576, 1024, 4096, DType::F32, DType::F32, reps, trials).await?);
+    if !quick {
+        rows.push(bench_linear(gpu, 4096, 4096, 4096, DType::F32, DType::F32, reps.min(10), trials).await?);
+    }
+    for w in [DType::F16, DType::F32] {
+        rows.push(bench_linear(gpu, 1, 2048, 5632, DType::F32, w, reps * 5, trials).await?);
+        rows.push(bench_linear(gpu, 1, 2048, 102400, DType::F32, w, reps, trials).await?);
+    }
+    for &act in &acts {
+        rows.push(bench_attention(gpu, 576, 16, 64, act, false, reps, trials).await?);
+    }
+    rows.push(bench_attention(gpu, 620, 16, 128, DType::F32, true, reps, trials).await?);
+    Ok(rows)
+}
