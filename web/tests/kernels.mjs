@@ -173,7 +173,7 @@ async function main() {
     }
     const total = results.reduce((s, r) => s + r.ms, 0);
     console.log(`checks took ${(total / 1000).toFixed(1)} s on the GPU side; ${secs()} s in all`);
-    console.log(`browser kernels: ${results.length - failed.length} passed, ${failed.length + (problems.length && !failed.length ? 1 : 0)} failed`);
+    console.log(`browser: ${results.length - failed.length} passed, ${failed.length + (problems.length && !failed.length ? 1 : 0)} failed`);
     if (problems.length) {
       for (const p of problems) console.error(`error: ${p}`);
       return 1;
