@@ -82,7 +82,25 @@ pub struct Gpu {
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: BufferPool,
     /// Errors wgpu reported outside any error scope; checked after every submission.
-    pub(crate) uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+    pub(crate) uncaptured: Arc<Mutex<Vec<Uncaptured>>>,
+}
+
+/// An error wgpu reported outside any scope, reduced to text: the handler must be `Send`, and
+/// `wgpu::Error` is not `Send` on wasm32.
+pub(crate) enum Uncaptured {
+    OutOfMemory,
+    Validation(String),
+    Internal(String),
+}
+
+impl From<wgpu::Error> for Uncaptured {
+    fn from(e: wgpu::Error) -> Self {
+        match e {
+            wgpu::Error::OutOfMemory { .. } => Uncaptured::OutOfMemory,
+            wgpu::Error::Validation { description, .. } => Uncaptured::Validation(description),
+            wgpu::Error::Internal { description, .. } => Uncaptured::Internal(description),
+        }
+    }
 }
 
 /// Features we use when the adapter has them.
@@ -179,11 +197,11 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::RequestDevice { adapter: summary.to_string(), message: e.to_string() })?;
-        let uncaptured: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
+        let uncaptured: Arc<Mutex<Vec<Uncaptured>>> = Arc::default();
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e| {
             if let Ok(mut v) = sink.lock() {
-                v.push(e);
+                v.push(e.into());
             }
         }));
         let max_binding = opts
@@ -219,8 +237,11 @@ impl Gpu {
     /// Returns (and clears) the first error wgpu reported outside our error scopes.
     pub(crate) fn take_uncaptured(&self, context: &str) -> Result<()> {
         let first = self.uncaptured.lock().ok().and_then(|mut v| if v.is_empty() { None } else { Some(v.remove(0)) });
+        let context = context.to_string();
         match first {
-            Some(e) => Err(Error::from_wgpu(context, e)),
+            Some(Uncaptured::OutOfMemory) => Err(Error::OutOfMemory { context }),
+            Some(Uncaptured::Validation(d)) => Err(Error::Validation { context, message: crate::error::one_line(&d) }),
+            Some(Uncaptured::Internal(d)) => Err(Error::Internal { context, message: crate::error::one_line(&d) }),
             None => Ok(()),
         }
     }

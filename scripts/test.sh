@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: native tests (lavapipe or any Vulkan/Metal/DX12 adapter), then the
+# wasm build and the same kernel checks in headless Chromium (WebGPU through SwiftShader).
+# Stops at the first failure. Needs what .ci/run installs (Vulkan driver, chromium, the wasm32
+# target, wasm-bindgen-cli, `npm ci` in web/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NODEVICE_SELECT=1
+
+phase() {
+    local name=$1 start=$SECONDS
+    shift
+    echo "==> $name"
+    "$@"
+    echo "==> $name: $((SECONDS - start)) s"
+}
+
+phase "cargo test (native)" cargo test
+phase "build web (wasm32)" bash scripts/build-web.sh
+phase "kernel checks in Chromium" node web/tests/kernels.mjs
