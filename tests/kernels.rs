@@ -10,7 +10,15 @@ macro_rules! kernel_tests {
     };
 }
 
-kernel_tests!(check_unary, check_binary_strided);
+kernel_tests!(
+    check_unary,
+    check_binary_strided,
+    check_conv2d,
+    check_conv2d_patch_embed,
+    check_layernorm2d,
+    check_bilinear,
+    check_resize_bicubic,
+);
 
 #[test]
 fn every_check_is_listed() {
