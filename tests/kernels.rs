@@ -22,6 +22,11 @@ kernel_tests!(
     check_rope_replay,
     check_attention_vit,
     check_attention_causal,
+    check_conv2d,
+    check_conv2d_patch_embed,
+    check_layernorm2d,
+    check_bilinear,
+    check_resize_bicubic,
 );
 
 #[test]

@@ -14,6 +14,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("interp", include_str!("../../shaders/interp.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

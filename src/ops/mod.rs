@@ -1,17 +1,20 @@
 //! Kernels, one file per family: the op's shape contract, kernel choice, dispatch maths and
 //! its checks against a CPU f64 reference (see `crate::check`).
 
+pub mod conv;
 pub mod elementwise;
 pub mod attention;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+pub mod interp;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};
 
 /// The checks of every op family, run by `tests/kernels.rs`, `dsvl-gpu selftest-kernels` and the browser.
-pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[elementwise::CHECKS, matmul::CHECKS, norm::CHECKS, rope::CHECKS, attention::CHECKS];
+pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] =
+    &[elementwise::CHECKS, matmul::CHECKS, norm::CHECKS, rope::CHECKS, attention::CHECKS, conv::CHECKS, interp::CHECKS];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
 pub(crate) const WG: u32 = 256;
@@ -99,6 +102,8 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(norm::variants());
     v.extend(rope::variants());
     v.extend(attention::variants());
+    v.extend(conv::variants());
+    v.extend(interp::variants());
     v
 }
 
@@ -116,5 +121,9 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<norm::SoftmaxParams>("softmax"),
         layout_of::<rope::RopeParams>("rope"),
         layout_of::<attention::AttnParams>("attention"),
+        layout_of::<conv::ConvParams>("conv"),
+        layout_of::<conv::Ln2dParams>("conv"),
+        layout_of::<interp::BilinearParams>("interp"),
+        layout_of::<interp::ResizeParams>("interp"),
     ]
 }
