@@ -10,7 +10,17 @@ macro_rules! kernel_tests {
     };
 }
 
-kernel_tests!(check_unary, check_binary_strided);
+kernel_tests!(
+    check_unary,
+    check_binary_strided,
+    check_embedding,
+    check_argmax,
+    check_repetition_penalty,
+    check_gumbel_sampling,
+    check_top_k,
+    check_top_p,
+    check_decode_replay,
+);
 
 #[test]
 fn every_check_is_listed() {

@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 /// Every shader file, by name. Kept in one place so tests can validate them all.
 pub const SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    ("sample", include_str!("../../shaders/sample.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

@@ -239,11 +239,25 @@ impl RowSplit {
 
     /// Uploads host bytes in `dtype` layout, splitting as the limits require.
     pub fn from_bytes(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, bytes: &[u8]) -> Result<RowSplit> {
+        let per = RowSplit::rows_per_part(gpu, cols, dtype)?;
+        RowSplit::from_bytes_parts(gpu, rows, cols, dtype, bytes, per)
+    }
+
+    /// Uploads host bytes in `dtype` layout as parts of at most `rows_per_part` rows (tests use
+    /// small parts to exercise the split paths; each part must still fit one binding).
+    pub fn from_bytes_parts(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, bytes: &[u8], rows_per_part: usize) -> Result<RowSplit> {
         let row_bytes = cols * dtype.size();
         if bytes.len() != rows * row_bytes {
             return Err(Error::Shape { op: "upload", detail: format!("[{rows}, {cols}] {dtype} needs {} bytes, got {}", rows * row_bytes, bytes.len()) });
         }
-        let per = RowSplit::rows_per_part(gpu, cols, dtype)?;
+        if rows_per_part == 0 {
+            return Err(Error::Shape { op: "upload", detail: "rows_per_part must be at least 1".into() });
+        }
+        let part_bytes = (rows_per_part.min(rows.max(1)) * row_bytes) as u64;
+        if part_bytes > gpu.caps.max_binding {
+            return Err(Error::BindingLimit { op: "split", what: format!("{rows_per_part} rows of {cols} {dtype}"), needed: part_bytes, limit: gpu.caps.max_binding });
+        }
+        let per = rows_per_part;
         let mut parts = Vec::new();
         let mut r0 = 0;
         while r0 < rows {

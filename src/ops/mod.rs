@@ -2,12 +2,14 @@
 //! its checks against a CPU f64 reference (see `crate::check`).
 
 pub mod elementwise;
+pub mod embedding;
+pub mod sample;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};
 
 /// The checks of every op family, run by `tests/kernels.rs`, `dsvl-gpu selftest-kernels` and the browser.
-pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[elementwise::CHECKS];
+pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[elementwise::CHECKS, embedding::CHECKS, sample::CHECKS];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
 pub(crate) const WG: u32 = 256;
@@ -91,6 +93,8 @@ impl<'a> Rows<'a> {
 pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     let mut v = Vec::new();
     v.extend(elementwise::variants());
+    v.extend(embedding::variants());
+    v.extend(sample::variants());
     v
 }
 
@@ -103,5 +107,9 @@ pub(crate) fn layout_of<P: crate::gpu::Params>(shader: &'static str) -> ParamLay
 
 /// Every parameter struct, checked against naga's WGSL layout in `tests/shaders.rs`.
 pub fn param_layouts() -> Vec<ParamLayout> {
-    vec![layout_of::<elementwise::EltParams>("elementwise")]
+    vec![
+        layout_of::<elementwise::EltParams>("elementwise"),
+        layout_of::<embedding::EmbedParams>("embedding"),
+        layout_of::<sample::SampleParams>("sample"),
+    ]
 }
