@@ -27,6 +27,13 @@ kernel_tests!(
     check_layernorm2d,
     check_bilinear,
     check_resize_bicubic,
+    check_embedding,
+    check_argmax,
+    check_repetition_penalty,
+    check_gumbel_sampling,
+    check_top_k,
+    check_top_p,
+    check_decode_replay,
 );
 
 #[test]

@@ -16,6 +16,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("interp", include_str!("../../shaders/interp.wgsl")),
+    ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    ("sample", include_str!("../../shaders/sample.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

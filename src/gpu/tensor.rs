@@ -243,13 +243,17 @@ impl RowSplit {
         RowSplit::from_bytes_parts(gpu, rows, cols, dtype, bytes, per)
     }
 
-    /// As `from_bytes` with at most `rows_per_part` rows per part (tests force small parts).
+    /// As `from_bytes` with at most `rows_per_part` rows per part (tests force small parts to
+    /// exercise the split paths); parts never exceed the binding limit.
     pub fn from_bytes_parts(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, bytes: &[u8], rows_per_part: usize) -> Result<RowSplit> {
         let row_bytes = cols * dtype.size();
         if bytes.len() != rows * row_bytes {
             return Err(Error::Shape { op: "upload", detail: format!("[{rows}, {cols}] {dtype} needs {} bytes, got {}", rows * row_bytes, bytes.len()) });
         }
-        let per = rows_per_part.min(RowSplit::rows_per_part(gpu, cols, dtype)?).max(1);
+        if rows_per_part == 0 {
+            return Err(Error::Shape { op: "upload", detail: "rows_per_part must be at least 1".into() });
+        }
+        let per = rows_per_part.min(RowSplit::rows_per_part(gpu, cols, dtype)?);
         let mut parts = Vec::new();
         let mut r0 = 0;
         while r0 < rows {

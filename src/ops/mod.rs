@@ -1,20 +1,31 @@
 //! Kernels, one file per family: the op's shape contract, kernel choice, dispatch maths and
 //! its checks against a CPU f64 reference (see `crate::check`).
 
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
-pub mod attention;
+pub mod embedding;
+pub mod interp;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
-pub mod interp;
+pub mod sample;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};
 
 /// The checks of every op family, run by `tests/kernels.rs`, `dsvl-gpu selftest-kernels` and the browser.
-pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] =
-    &[elementwise::CHECKS, matmul::CHECKS, norm::CHECKS, rope::CHECKS, attention::CHECKS, conv::CHECKS, interp::CHECKS];
+pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
+    elementwise::CHECKS,
+    matmul::CHECKS,
+    norm::CHECKS,
+    rope::CHECKS,
+    attention::CHECKS,
+    conv::CHECKS,
+    interp::CHECKS,
+    embedding::CHECKS,
+    sample::CHECKS,
+];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
 pub(crate) const WG: u32 = 256;
@@ -104,6 +115,8 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(attention::variants());
     v.extend(conv::variants());
     v.extend(interp::variants());
+    v.extend(embedding::variants());
+    v.extend(sample::variants());
     v
 }
 
@@ -116,7 +129,9 @@ pub(crate) fn layout_of<P: crate::gpu::Params>(shader: &'static str) -> ParamLay
 
 /// Every parameter struct, checked against naga's WGSL layout in `tests/shaders.rs`.
 pub fn param_layouts() -> Vec<ParamLayout> {
-    vec![layout_of::<elementwise::EltParams>("elementwise"), layout_of::<matmul::MatmulParams>("matmul"),
+    vec![
+        layout_of::<elementwise::EltParams>("elementwise"),
+        layout_of::<matmul::MatmulParams>("matmul"),
         layout_of::<norm::NormParams>("norm"),
         layout_of::<norm::SoftmaxParams>("softmax"),
         layout_of::<rope::RopeParams>("rope"),
@@ -125,5 +140,7 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<conv::Ln2dParams>("conv"),
         layout_of::<interp::BilinearParams>("interp"),
         layout_of::<interp::ResizeParams>("interp"),
+        layout_of::<embedding::EmbedParams>("embedding"),
+        layout_of::<sample::SampleParams>("sample"),
     ]
 }
