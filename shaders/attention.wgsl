@@ -75,7 +75,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             qv[d] = vec4<f32>(f32(q[qb + 4u * d]), f32(q[qb + 4u * d + 1u]), f32(q[qb + 4u * d + 2u]), f32(q[qb + 4u * d + 3u])) * p.scale;
         }
     }
-    var run_max = -3.4028235e38;
+    var run_max = -3.4028234e38;
     var run_sum = 0.0;
 
     for (var t0 = 0u; t0 < kend; t0 += BKV) {
@@ -94,7 +94,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         workgroupBarrier();
         if (valid) {
             var s: array<f32, BKV>;
-            var tile_max = -3.4028235e38;
+            var tile_max = -3.4028234e38;
             var any_visible = false;
             for (var j = 0u; j < BKV; j++) {
                 let key = t0 + j;
@@ -107,7 +107,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                     tile_max = max(tile_max, dotv);
                     any_visible = true;
                 }
-                s[j] = select(-3.4028235e38, dotv, visible);
+                s[j] = select(-3.4028234e38, dotv, visible);
             }
             if (any_visible) {
                 let new_max = max(run_max, tile_max);

@@ -86,11 +86,14 @@ fn w_at(i: u32) -> f32 {
 #endif
 
 // ---- tiled GEMM: 256 invocations, 128x128 output tile, 8x8 per invocation ----
+// Tiles are stored k-major as vec4 so each invocation reads its 8 rows of x and 8 columns
+// of W with four 16-byte loads per k and does 64 FMAs on 16 named vec4 accumulators (no
+// dynamically indexed register arrays, which drivers may spill to memory).
 const BM: u32 = 128u;
 const BN: u32 = 128u;
-const BK: u32 = 8u;
-var<workgroup> As: array<array<f32, BM>, BK>;
-var<workgroup> Bs: array<array<f32, BN>, BK>;
+const BK: u32 = 16u;
+var<workgroup> As: array<array<vec4<f32>, 32>, BK>;
+var<workgroup> Bs: array<array<vec4<f32>, 32>, BK>;
 
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -98,127 +101,152 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let n0 = wid.x * BN;
     let tx = lid % 16u;
     let ty = lid / 16u;
-    // Loader: each invocation fetches 4 consecutive k of one row of x and of W per step.
+    // Loader: each invocation fetches 8 consecutive k of one row of x and one row of W.
     let lr = lid >> 1u;
-    let lk = (lid & 1u) * 4u;
-    var acc: array<array<f32, 8>, 8>;
-    for (var i = 0u; i < 8u; i++) {
-        for (var j = 0u; j < 8u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    let lk = (lid & 1u) * 8u;
     let am = m0 + lr;
     let bn = n0 + lr;
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < 8u; i++) {
             let k = k0 + lk + i;
             var av = 0.0;
             if (am < p.m && k < p.k) {
                 av = f32(x[p.x_off + am * p.x_stride + k]);
             }
-            As[lk + i][lr] = av;
+            As[lk + i][lr >> 2u][lr & 3u] = av;
             var bv = 0.0;
             if (bn < p.n && k < p.k) {
                 bv = w_at(bn * p.k + k);
             }
-            Bs[lk + i][lr] = bv;
+            Bs[lk + i][lr >> 2u][lr & 3u] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 8>;
-            var b: array<f32, 8>;
-            // Strided micro-tile: neighbouring invocations read neighbouring words (no bank conflicts).
-            for (var i = 0u; i < 8u; i++) {
-                a[i] = As[kk][ty + 16u * i];
-                b[i] = Bs[kk][tx + 16u * i];
-            }
-            for (var i = 0u; i < 8u; i++) {
-                for (var j = 0u; j < 8u; j++) {
-                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
-                }
-            }
+            // Rows 4ty..4ty+3 and 64+4ty..; columns 4tx..4tx+3 and 64+4tx..
+            let a0 = As[kk][ty];
+            let a1 = As[kk][ty + 16u];
+            let b0 = Bs[kk][tx];
+            let b1 = Bs[kk][tx + 16u];
+            c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
+            c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
+            c30 = fma(vec4<f32>(a0.w), b0, c30); c31 = fma(vec4<f32>(a0.w), b1, c31);
+            c40 = fma(vec4<f32>(a1.x), b0, c40); c41 = fma(vec4<f32>(a1.x), b1, c41);
+            c50 = fma(vec4<f32>(a1.y), b0, c50); c51 = fma(vec4<f32>(a1.y), b1, c51);
+            c60 = fma(vec4<f32>(a1.z), b0, c60); c61 = fma(vec4<f32>(a1.z), b1, c61);
+            c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 8u; i++) {
-        let m = m0 + ty + 16u * i;
-        if (m >= p.m) { continue; }
-        for (var j = 0u; j < 8u; j++) {
-            let n = n0 + tx + 16u * j;
-            if (n < p.n) {
-                finish(m, n, acc[i][j]);
-            }
-        }
-    }
+    let r0 = m0 + 4u * ty;
+    let r1 = m0 + 64u + 4u * ty;
+    let q0 = n0 + 4u * tx;
+    let q1 = n0 + 64u + 4u * tx;
+    store4(r0, q0, c00); store4(r0, q1, c01);
+    store4(r0 + 1u, q0, c10); store4(r0 + 1u, q1, c11);
+    store4(r0 + 2u, q0, c20); store4(r0 + 2u, q1, c21);
+    store4(r0 + 3u, q0, c30); store4(r0 + 3u, q1, c31);
+    store4(r1, q0, c40); store4(r1, q1, c41);
+    store4(r1 + 1u, q0, c50); store4(r1 + 1u, q1, c51);
+    store4(r1 + 2u, q0, c60); store4(r1 + 2u, q1, c61);
+    store4(r1 + 3u, q0, c70); store4(r1 + 3u, q1, c71);
+}
+
+fn store4(m: u32, n: u32, v: vec4<f32>) {
+    if (m >= p.m) { return; }
+    if (n < p.n) { finish(m, n, v.x); }
+    if (n + 1u < p.n) { finish(m, n + 1u, v.y); }
+    if (n + 2u < p.n) { finish(m, n + 2u, v.z); }
+    if (n + 3u < p.n) { finish(m, n + 3u, v.w); }
 }
 #endif
 
-// ---- GEMV: 256 invocations = 8 output columns x 32 lanes; up to 8 rows of x ----
-const GV_ROWS: u32 = 8u;
-var<workgroup> partial: array<array<f32, 256>, GV_ROWS>;
+// ---- GEMV: row m = workgroup z; 8 groups of 32 lanes, CPG output columns per group ----
+// Lanes stride over K (16-byte loads with VEC), UNROLL chunks per step, keeping CPG sums;
+// the 32 lanes of a group are combined with subgroupAdd (flag SUBGROUPS: only when the
+// adapter's subgroups are exactly 32 wide) or through workgroup memory with one barrier.
+override CPG: u32 = 4u;
+override UNROLL: u32 = 1u;
+var<workgroup> partial: array<vec4<f32>, 256>;
 
 #ifdef VEC
-// 8 consecutive k per lane per step: x as two vec4, W as one vec4<u32> (f16) or two vec4<f32>.
-fn dot8(m: u32, n: u32, k: u32) -> f32 {
-    let xi = (p.x_off + m * p.x_stride + k) >> 2u;
+// x[k..k+8] · W[n, k..k+8] with 16-byte loads.
+fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
+    let xi = (xrow + k) >> 2u;
     let xa = vec4<f32>(x4[xi]);
     let xb = vec4<f32>(x4[xi + 1u]);
 #ifdef W_F16
     let q = w4[(n * p.k + k) >> 3u];
-    let wa = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-    let wb = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+    return dot(xa, vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y))) +
+        dot(xb, vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
 #else
     let wi = (n * p.k + k) >> 2u;
-    let wa = w4[wi];
-    let wb = w4[wi + 1u];
+    return dot(xa, w4[wi]) + dot(xb, w4[wi + 1u]);
 #endif
-    return dot(xa, wa) + dot(xb, wb);
 }
+const CHUNK: u32 = 8u;
+#else
+fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
+    return f32(x[xrow + k]) * w_at(n * p.k + k);
+}
+const CHUNK: u32 = 1u;
 #endif
+
+// Sums of columns n.x..n.w (those below CPG) over this lane's chunk at k.
+fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
+    var s = vec4<f32>(dot8(xrow, n.x, k), 0.0, 0.0, 0.0);
+    if (CPG > 1u) { s.y = dot8(xrow, n.y, k); }
+    if (CPG > 2u) { s.z = dot8(xrow, n.z, k); s.w = dot8(xrow, n.w, k); }
+    return s;
+}
 
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let col = lid / 32u;
+    let m = wid.z;
+    let g = lid / 32u;
     let lane = lid % 32u;
-    let n = (wid.x + wid.y * nwg.x) * 8u + col;
-    var acc: array<f32, GV_ROWS>;
-    for (var r = 0u; r < GV_ROWS; r++) {
-        acc[r] = 0.0;
+    let block = (wid.x + wid.y * nwg.x) * 8u * CPG;
+    let base = block + g * CPG;
+    // Past-the-end columns recompute the last one (uniform control flow) and store nothing.
+    let nl = p.n - 1u;
+    let n = vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
+    let xrow = p.x_off + m * p.x_stride;
+    let step = 32u * CHUNK;
+    var s = vec4<f32>(0.0);
+    var t = vec4<f32>(0.0);
+    for (var k = lane * CHUNK; k < p.k; k += step * UNROLL) {
+        s += chunk4(xrow, n, k);
+        if (UNROLL > 1u && k + step < p.k) {
+            t += chunk4(xrow, n, k + step);
+        }
     }
-    if (n < p.n) {
-#ifdef VEC
-        for (var k = lane * 8u; k < p.k; k += 256u) {
-            for (var r = 0u; r < GV_ROWS; r++) {
-                if (r < p.m) {
-                    acc[r] += dot8(r, n, k);
-                }
+    s += t;
+#ifdef SUBGROUPS
+    let total = subgroupAdd(s);
+    if (lane == 0u) {
+        for (var c = 0u; c < CPG; c++) {
+            if (base + c < p.n) {
+                finish(m, base + c, total[c]);
             }
         }
+    }
 #else
-        for (var k = lane; k < p.k; k += 32u) {
-            let wv = w_at(n * p.k + k);
-            for (var r = 0u; r < GV_ROWS; r++) {
-                if (r < p.m) {
-                    acc[r] = fma(f32(x[p.x_off + r * p.x_stride + k]), wv, acc[r]);
-                }
-            }
-        }
-#endif
-    }
-    for (var r = 0u; r < GV_ROWS; r++) {
-        partial[r][lid] = acc[r];
-    }
+    partial[lid] = s;
     workgroupBarrier();
-    // Tree reduction over the 32 lanes of each column.
-    for (var s = 16u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            for (var r = 0u; r < GV_ROWS; r++) {
-                partial[r][lid] += partial[r][lid + s];
-            }
+    if (lid < 8u * CPG) {
+        let gg = lid / CPG;
+        let c = lid % CPG;
+        var total = 0.0;
+        for (var l = 0u; l < 32u; l++) {
+            total += partial[gg * 32u + l][c];
         }
-        workgroupBarrier();
+        if (block + lid < p.n) {
+            finish(m, block + lid, total);
+        }
     }
-    if (lane < p.m && n < p.n) {
-        finish(lane, n, partial[lane][col * 32u]);
-    }
+#endif
 }

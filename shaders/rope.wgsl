@@ -2,8 +2,7 @@
 // holds `heads` heads of `dim` each. Row r is at position seq[0] + r: the base position is a
 // storage value so a recorded decode step can be replayed at a new position.
 // x1 = x[i], x2 = x[i + dim/2], angle = pos * inv_freq[i] in f32 exactly as HF computes it
-// (inv_freq comes from the host, computed the same way as HF), then reduced to [-pi, pi]
-// before cos/sin: WGSL only bounds cos/sin error inside that range.
+// (inv_freq comes from the host, computed the same way as HF); sin/cos as below.
 // x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin.
 
 #ifdef F16
@@ -28,10 +27,21 @@ struct RopeParams {
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<T>;
 
-// ang - 2*pi*round(ang / 2pi), with 2*pi split in two (Cody-Waite) so the product is exact.
-fn reduce_angle(ang: f32) -> f32 {
-    let k = round(ang * 0.15915494309189535);
-    return (ang - k * 6.28125) - k * 0.0019353071795864769;
+// sin and cos of an f32 angle to ~1e-7, the same on every driver: WGSL only bounds the
+// builtins' error inside [-pi, pi] (to 2^-11, and SwiftShader is ~1e-5 off there). Quadrant
+// reduction with pi/2 split in three (Cody-Waite), then Taylor series on [-pi/4, pi/4].
+fn sincos(ang: f32) -> vec2<f32> {
+    let k = round(ang * 0.63661977236758134);
+    let r = ((ang - k * 1.5703125) - k * 4.837512969970703125e-4) - k * 7.54978995489188216e-8;
+    let r2 = r * r;
+    let s = r + r * r2 * (-0.16666666666666666 + r2 * (0.008333333333333333 + r2 * (-1.984126984126984e-4 + r2 * 2.7557319223985893e-6)));
+    let c = 1.0 + r2 * (-0.5 + r2 * (0.041666666666666664 + r2 * (-0.001388888888888889 + r2 * (2.48015873015873e-5 - r2 * 2.7557319223985888e-7))));
+    switch (u32(i32(k) & 3)) {
+        case 0u: { return vec2<f32>(s, c); }
+        case 1u: { return vec2<f32>(c, -s); }
+        case 2u: { return vec2<f32>(-s, -c); }
+        default: { return vec2<f32>(-c, s); }
+    }
 }
 
 @compute @workgroup_size(256)
@@ -43,9 +53,9 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let h = (idx / half_dim) % p.heads;
     let r = idx / (half_dim * p.heads);
     let pos = f32(seq[0] + r);
-    let ang = reduce_angle(pos * inv_freq[i]);
-    let c = cos(ang);
-    let s = sin(ang);
+    let sc = sincos(pos * inv_freq[i]);
+    let s = sc.x;
+    let c = sc.y;
     let b = p.off + r * p.stride + h * p.dim;
     let x1 = f32(x[b + i]);
     let x2 = f32(x[b + i + half_dim]);

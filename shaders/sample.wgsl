@@ -38,7 +38,7 @@ struct SampleParams {
 @group(0) @binding(0) var<uniform> p: SampleParams;
 
 // Lowest finite f32: the value of padding entries (index PAD).
-const NEG: f32 = -3.4028235e38;
+const NEG: f32 = -3.4028234e38;
 const PAD: u32 = 0xffffffffu;
 
 fn mix32(x: u32) -> u32 {

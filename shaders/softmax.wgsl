@@ -23,7 +23,7 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.rows) { return; }
     let b = p.off + r * p.stride;
-    var mx = -3.4028235e38;
+    var mx = -3.4028234e38;
     for (var c = lid; c < p.cols; c += 256u) {
         mx = max(mx, f32(x[b + c]));
     }

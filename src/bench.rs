@@ -66,28 +66,35 @@ async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType
 }
 
 /// Runs the standard set. `quick` shrinks repetitions (for slow software adapters).
-pub async fn bench_ops(gpu: &Gpu, quick: bool) -> Result<Vec<BenchRow>> {
+pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<BenchRow>> {
+    let want = |name: &str| filter.is_none_or(|f| name.contains(f));
     let (reps, trials) = if quick { (1, 1) } else { (20, 5) };
     let mut acts = vec![DType::F32];
     if gpu.caps.f16 {
         acts.push(DType::F16);
     }
     let mut rows = Vec::new();
-    for &act in &acts {
-        rows.push(bench_linear(gpu, 576, 1024, 4096, act, DType::F16, reps, trials).await?);
-        rows.push(bench_linear(gpu, 620, 2048, 5632, act, DType::F16, reps, trials).await?);
+    if want("GEMM") {
+        for &act in &acts {
+            rows.push(bench_linear(gpu, 576, 1024, 4096, act, DType::F16, reps, trials).await?);
+            rows.push(bench_linear(gpu, 620, 2048, 5632, act, DType::F16, reps, trials).await?);
+        }
+        rows.push(bench_linear(gpu, 576, 1024, 4096, DType::F32, DType::F32, reps, trials).await?);
+        if !quick {
+            rows.push(bench_linear(gpu, 4096, 4096, 4096, DType::F32, DType::F32, reps.min(10), trials).await?);
+        }
     }
-    rows.push(bench_linear(gpu, 576, 1024, 4096, DType::F32, DType::F32, reps, trials).await?);
-    if !quick {
-        rows.push(bench_linear(gpu, 4096, 4096, 4096, DType::F32, DType::F32, reps.min(10), trials).await?);
+    if want("GEMV") {
+        for w in [DType::F16, DType::F32] {
+            rows.push(bench_linear(gpu, 1, 2048, 5632, DType::F32, w, reps * 5, trials).await?);
+            rows.push(bench_linear(gpu, 1, 2048, 102400, DType::F32, w, reps, trials).await?);
+        }
     }
-    for w in [DType::F16, DType::F32] {
-        rows.push(bench_linear(gpu, 1, 2048, 5632, DType::F32, w, reps * 5, trials).await?);
-        rows.push(bench_linear(gpu, 1, 2048, 102400, DType::F32, w, reps, trials).await?);
+    if want("attention") {
+        for &act in &acts {
+            rows.push(bench_attention(gpu, 576, 16, 64, act, false, reps, trials).await?);
+        }
+        rows.push(bench_attention(gpu, 620, 16, 128, DType::F32, true, reps, trials).await?);
     }
-    for &act in &acts {
-        rows.push(bench_attention(gpu, 576, 16, 64, act, false, reps, trials).await?);
-    }
-    rows.push(bench_attention(gpu, 620, 16, 128, DType::F32, true, reps, trials).await?);
     Ok(rows)
 }

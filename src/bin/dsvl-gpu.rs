@@ -38,6 +38,9 @@ enum Cmd {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only op families whose name contains this (GEMM, GEMV, attention).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -90,9 +93,9 @@ fn run() -> Result<()> {
             }
             println!("all {ran} kernel checks passed");
         }
-        Cmd::BenchOps { quick, json } => {
+        Cmd::BenchOps { quick, json, only } => {
             let gpu = open()?;
-            let rows = pollster::block_on(dsvl_gpu::bench::bench_ops(&gpu, quick))?;
+            let rows = pollster::block_on(dsvl_gpu::bench::bench_ops(&gpu, quick, only.as_deref()))?;
             if json {
                 for r in &rows {
                     println!("{{\"op\":\"{}\",\"ms\":{:.4},\"gflops\":{:.1},\"gbs\":{:.1}}}", r.name, r.ms, r.gflops, r.gbs);

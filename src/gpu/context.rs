@@ -83,6 +83,12 @@ pub struct Gpu {
     pub(crate) pool: BufferPool,
     /// Errors wgpu reported outside any error scope; checked after every submission.
     pub(crate) uncaptured: Arc<Mutex<Vec<Uncaptured>>>,
+    /// Skip wgpu's shader bounds checks (native opt-in via DSVL_UNCHECKED_SHADERS=1).
+    pub(crate) unchecked_shaders: bool,
+    /// Browser only: pipeline-creation error scopes still to be resolved (they resolve
+    /// asynchronously there); awaited before the next submission so errors name their kernel.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) pending_pipelines: std::cell::RefCell<Vec<super::pipeline::PendingPipeline>>,
 }
 
 /// An error wgpu reported outside any scope, reduced to text: the handler must be `Send`, and
@@ -231,6 +237,10 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             pool: BufferPool::default(),
             uncaptured,
+            unchecked_shaders: cfg!(not(target_arch = "wasm32"))
+                && std::env::var("DSVL_UNCHECKED_SHADERS").is_ok_and(|v| v == "1"),
+            #[cfg(target_arch = "wasm32")]
+            pending_pipelines: Default::default(),
         })
     }
 

@@ -90,13 +90,17 @@ impl Gpu {
             eprintln!("// ---- {label}\n{src}");
         }
         // Natively the scope resolves at once, so the error names this kernel. In the browser it
-        // resolves later; there the submission's scope and the uncaptured handler report it.
-        #[cfg(not(target_arch = "wasm32"))]
+        // resolves later: the pop is kept and awaited before the next submission.
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(src.into()) };
+        let module = if self.unchecked_shaders {
+            // SAFETY: opt-in (DSVL_UNCHECKED_SHADERS=1, for measuring the cost of wgpu's
+            // injected bounds checks and loop bounding). Our kernels bound every index
+            // themselves, which the kernel checks exercise on poisoned outputs.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = key
             .kernel
             .binds
@@ -140,9 +144,35 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Kernel { kernel: label, message: crate::error::one_line(&e.to_string()) });
         }
+        #[cfg(target_arch = "wasm32")]
+        self.pending_pipelines.borrow_mut().push(PendingPipeline { key: key.clone(), label: label.clone(), error: Box::pin(scope.pop()) });
         let p = Arc::new(CachedPipeline { pipeline, layout, label });
         self.pipelines.map.lock().map_err(poisoned)?.insert(key.clone(), p.clone());
         Ok(p)
+    }
+
+    /// Browser: waits for the error scopes of pipelines created since the last call. A failed
+    /// pipeline is dropped from the cache (so a later attempt recompiles rather than reusing an
+    /// invalid object) and reported as `Error::Kernel` naming it.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) async fn check_pending_pipelines(&self) -> Result<()> {
+        let pending: Vec<PendingPipeline> = self.pending_pipelines.borrow_mut().drain(..).collect();
+        let mut first = None;
+        for p in pending {
+            if let Some(e) = p.error.await {
+                if let Ok(mut m) = self.pipelines.map.lock() {
+                    m.remove(&p.key);
+                }
+                first.get_or_insert(Error::Kernel { kernel: p.label, message: crate::error::one_line(&e.to_string()) });
+            }
+        }
+        if first.is_some() {
+            // Later errors from objects built on the failed pipeline belong to this failure.
+            if let Ok(mut v) = self.uncaptured.lock() {
+                v.clear();
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Number of distinct pipelines compiled so far.
@@ -153,4 +183,11 @@ impl Gpu {
 
 fn poisoned<T>(_: T) -> Error {
     Error::Internal { context: "pipeline cache".into(), message: "lock poisoned by an earlier panic".into() }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) struct PendingPipeline {
+    pub key: PipelineKey,
+    pub label: String,
+    pub error: std::pin::Pin<Box<dyn std::future::Future<Output = Option<wgpu::Error>>>>,
 }

@@ -42,6 +42,8 @@ impl Gpu {
     /// Submits one command buffer inside validation and out-of-memory error scopes and waits
     /// for the scopes, so failures come back as errors rather than log lines.
     pub async fn submit_checked(&self, context: &str, cb: wgpu::CommandBuffer) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        self.check_pending_pipelines().await?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue.submit([cb]);

@@ -1,8 +1,10 @@
 //! WGSL sources and the one small preprocessor that specialises them.
 //!
 //! Supported lines: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable). A variant
-//! with the flag `F16` gets `enable f16;` prepended, one with `SUBGROUPS` gets
-//! `enable subgroups;`. Numeric knobs use WGSL `override` constants instead.
+//! with the flag `F16` gets `enable f16;` prepended. `SUBGROUPS` variants get no directive:
+//! naga 30 rejects `enable subgroups;` and gates the builtins by the device feature instead
+//! (wgpu 30 does not expose subgroups in the browser, so those variants are native-only).
+//! Numeric knobs use WGSL `override` constants instead.
 
 use crate::error::{Error, Result};
 
@@ -33,9 +35,6 @@ pub fn preprocess(name: &str, src: &str, flags: &[&str]) -> Result<String> {
     let mut out = String::with_capacity(src.len() + 64);
     if flags.contains(&"F16") {
         out.push_str("enable f16;\n");
-    }
-    if flags.contains(&"SUBGROUPS") {
-        out.push_str("enable subgroups;\n");
     }
     // Stack of (this branch active, parent active).
     let mut stack: Vec<(bool, bool)> = Vec::new();

@@ -416,8 +416,9 @@ async fn check_bilinear(gpu: &Gpu) -> CheckResult {
             bilinear(&mut rec, &xt, &y)?;
             rec.finish()?.run(gpu).await?;
             let got = gpu.read_f32(&y).await?;
-            // f32: rounding of the blend only; f16: one output rounding.
-            let (tol, slot) = if act == DType::F16 { (Tol { abs: 4e-3, rel: 1e-3 }, 1) } else { (Tol { abs: 2e-6, rel: 1e-6 }, 0) };
+            // f32: rounding of the blend only (drivers contract it into FMAs differently: 4.4e-6
+            // was seen on the H200); f16: one output rounding.
+            let (tol, slot) = if act == DType::F16 { (Tol { abs: 4e-3, rel: 1e-3 }, 1) } else { (Tol { abs: 1e-5, rel: 1e-6 }, 0) };
             let err = compare(&format!("bilinear {c}x{ih}x{iw} -> {oh}x{ow} {act}"), &got, &want, tol)?;
             worst[slot] = worst[slot].max(err);
         }

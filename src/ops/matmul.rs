@@ -48,11 +48,21 @@ pub fn variants() -> Vec<PipelineKey> {
             let base: Vec<&'static str> = act.iter().chain(w).copied().collect();
             v.push(PipelineKey::new(GEMM, &base, &[]));
             v.push(PipelineKey::new(GEMV, &base, &[]));
-            let vec: Vec<&'static str> = base.iter().copied().chain(["VEC"]).collect();
-            v.push(PipelineKey::new(GEMV, &vec, &[]));
+            for extra in [&["VEC"][..], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
+                let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
+                v.push(PipelineKey::new(GEMV, &f, &[]));
+            }
         }
     }
     v
+}
+
+/// GEMV columns per 32-lane group (1, 2 or 4) and k-chunks per step (1 or 2). Defaults
+/// measured on the H200 (docs/PERFORMANCE.md); `DSVL_GEMV_CPG` / `DSVL_GEMV_UNROLL` override
+/// them for tuning on other adapters.
+fn gemv_tuning() -> (u32, u32) {
+    let env = |k: &str, ok: &[u32], d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d);
+    (env("DSVL_GEMV_CPG", &[1, 2, 4], 4), env("DSVL_GEMV_UNROLL", &[1, 2], 1))
 }
 
 /// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K], y: [M, N] view.
@@ -97,7 +107,16 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
     if gemv && k % 8 == 0 && x.off % 4 == 0 && x.stride % 4 == 0 {
         flags.push("VEC");
     }
-    let key = PipelineKey::new(if gemv { GEMV } else { GEMM }, &flags, &[]);
+    let caps = &rec.gpu.caps;
+    if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
+        flags.push("SUBGROUPS");
+    }
+    let tuning = gemv_tuning();
+    let key = if gemv {
+        PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else {
+        PipelineKey::new(GEMM, &flags, &[])
+    };
     let act = match ep.act {
         Act::None => 0,
         Act::GeluErf => 1,
@@ -121,7 +140,8 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
             _pad0: 0,
         };
         let wg = if gemv {
-            grid((pn as u32).div_ceil(8), rec.gpu.caps.max_workgroups_per_dim)
+            let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
+            [gx, gy, m as u32]
         } else {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };

@@ -86,7 +86,7 @@ async fn check_rope(gpu: &Gpu) -> CheckResult {
             rec.finish()?.run(gpu).await?;
             let got = gpu.read_f32(&xt).await?;
             let want = reference(&x, rows, heads, dim, 10000.0, pos0);
-            let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 2e-3 } } else { Tol { abs: 5e-6, rel: 1e-5 } };
+            let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 2e-3 } } else { Tol { abs: 2e-6, rel: 1e-6 } };
             worst = worst.max(compare(&format!("rope {dt} {rows}x{heads}x{dim}@{pos0}"), &got, &want, tol)?);
         }
     }
@@ -114,7 +114,7 @@ async fn check_rope_replay(gpu: &Gpu) -> CheckResult {
         list.run(gpu).await?;
         let got = gpu.read_f32(&work).await?;
         let want = reference(&x, 1, heads, dim, 10000.0, pos as usize);
-        worst = worst.max(compare(&format!("rope replay @{pos}"), &got, &want, Tol { abs: 5e-6, rel: 1e-5 })?);
+        worst = worst.max(compare(&format!("rope replay @{pos}"), &got, &want, Tol { abs: 2e-6, rel: 1e-6 })?);
     }
     Ok(format!("4 replays, max abs err {worst:.2e}"))
 }
