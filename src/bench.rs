@@ -65,6 +65,53 @@ async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType
     Ok(BenchRow { name: format!("attention {n}x{n} {heads}x{d} {mode} {act}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6 })
 }
 
+/// Bandwidth ceilings through this stack: a WGSL streaming read, a WGSL copy and the copy
+/// engine (`copy_buffer_to_buffer`), over `bytes` (bytes moved: read, or read + written).
+async fn bench_memory(gpu: &Gpu, bytes: usize, reps: usize, trials: usize) -> Result<Vec<BenchRow>> {
+    use crate::ops::bandwidth;
+    let bytes = bytes.min((gpu.caps.max_binding / 16 * 16) as usize);
+    let words = bytes / 4;
+    let src = Tensor::empty(gpu, &[words], DType::U32)?;
+    let dst = Tensor::empty(gpu, &[words], DType::U32)?;
+    let groups = 8192;
+    let out = Tensor::empty(gpu, &[bandwidth::read_threads(groups) * 4], DType::U32)?;
+    // Fill with non-zero data (zeros can be faster than real data).
+    let mut rec = Recorder::new(gpu);
+    let seed: Vec<u32> = (0..words.min(1 << 20) as u32).map(|i| i.wrapping_mul(2654435761)).collect();
+    for c in 0..words.div_ceil(seed.len()) {
+        let n = seed.len().min(words - c * seed.len());
+        gpu.queue.write_buffer(src.buffer(), (c * seed.len() * 4) as u64, bytemuck::cast_slice(&seed[..n]));
+    }
+    bandwidth::read_xor(&mut rec, &src, &out, groups)?;
+    let read = rec.finish()?;
+    let mut rec = Recorder::new(gpu);
+    bandwidth::copy(&mut rec, &src, &dst, groups)?;
+    let copy = rec.finish()?;
+    let gb = bytes as f64 / 1e9;
+    let mut rows = Vec::new();
+    let ms = time_list(gpu, &read, reps, trials).await?;
+    rows.push(BenchRow { name: format!("memory: WGSL read {} MiB", bytes >> 20), ms, gflops: 0.0, gbs: gb / ms * 1e3 });
+    let ms = time_list(gpu, &copy, reps, trials).await?;
+    rows.push(BenchRow { name: format!("memory: WGSL copy {} MiB (read+write)", bytes >> 20), ms, gflops: 0.0, gbs: 2.0 * gb / ms * 1e3 });
+    let mut times = Vec::new();
+    for t in 0..=trials {
+        let start = Instant::now();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for _ in 0..reps {
+            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes as u64);
+        }
+        gpu.submit_checked("copy bench", enc.finish()).await?;
+        gpu.wait_idle()?;
+        if t > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    rows.push(BenchRow { name: format!("memory: copy engine {} MiB (read+write)", bytes >> 20), ms, gflops: 0.0, gbs: 2.0 * gb / ms * 1e3 });
+    Ok(rows)
+}
+
 /// Runs the standard set. `quick` shrinks repetitions (for slow software adapters).
 pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<BenchRow>> {
     let want = |name: &str| filter.is_none_or(|f| name.contains(f));
@@ -89,6 +136,9 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
             rows.push(bench_linear(gpu, 1, 2048, 5632, DType::F32, w, reps * 5, trials).await?);
             rows.push(bench_linear(gpu, 1, 2048, 102400, DType::F32, w, reps, trials).await?);
         }
+    }
+    if want("memory") {
+        rows.extend(bench_memory(gpu, if quick { 64 << 20 } else { 1 << 30 }, reps, trials).await?);
     }
     if want("attention") {
         for &act in &acts {

@@ -34,6 +34,7 @@ kernel_tests!(
     check_top_k,
     check_top_p,
     check_decode_replay,
+    check_bandwidth_probes,
 );
 
 #[test]

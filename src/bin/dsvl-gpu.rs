@@ -38,7 +38,7 @@ enum Cmd {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
-        /// Only op families whose name contains this (GEMM, GEMV, attention).
+        /// Only op families whose name contains this (GEMM, GEMV, memory, attention).
         #[arg(long)]
         only: Option<String>,
     },

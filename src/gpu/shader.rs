@@ -20,6 +20,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("interp", include_str!("../../shaders/interp.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
+    ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

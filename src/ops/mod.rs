@@ -2,6 +2,7 @@
 //! its checks against a CPU f64 reference (see `crate::check`).
 
 pub mod attention;
+pub mod bandwidth;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
@@ -25,6 +26,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     interp::CHECKS,
     embedding::CHECKS,
     sample::CHECKS,
+    bandwidth::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -117,6 +119,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(interp::variants());
     v.extend(embedding::variants());
     v.extend(sample::variants());
+    v.extend(bandwidth::variants());
     v
 }
 
@@ -142,5 +145,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<interp::ResizeParams>("interp"),
         layout_of::<embedding::EmbedParams>("embedding"),
         layout_of::<sample::SampleParams>("sample"),
+        layout_of::<bandwidth::BwParams>("bandwidth"),
     ]
 }
