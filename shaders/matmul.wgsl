@@ -166,7 +166,7 @@ fn store4(m: u32, n: u32, v: vec4<f32>) {
 #endif
 
 // ---- GEMV: row m = workgroup z; 8 groups of 32 lanes, CPG output columns per group ----
-// Lanes stride over K (16-byte loads with VEC), UNROLL chunks per step, keeping CPG sums;
+// Lanes stride over K (16-byte loads with VEC), UNROLL (1, 2, 4) chunks per step, keeping CPG sums;
 // the 32 lanes of a group are combined with subgroupAdd (flag SUBGROUPS: only when the
 // adapter's subgroups are exactly 32 wide) or through workgroup memory with one barrier.
 override CPG: u32 = 4u;
@@ -217,14 +217,18 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let xrow = p.x_off + m * p.x_stride;
     let step = 32u * CHUNK;
     var s = vec4<f32>(0.0);
-    var t = vec4<f32>(0.0);
-    for (var k = lane * CHUNK; k < p.k; k += step * UNROLL) {
-        s += chunk4(xrow, n, k);
-        if (UNROLL > 1u && k + step < p.k) {
-            t += chunk4(xrow, n, k + step);
-        }
+    var k = lane * CHUNK;
+    // Main loop: UNROLL chunks with unconditional loads (UNROLL is a pipeline constant, so the
+    // branches fold away) so a warp streams UNROLL * 512 contiguous bytes of a row at once.
+    for (; k + (UNROLL - 1u) * step < p.k; k += UNROLL * step) {
+        var a = chunk4(xrow, n, k);
+        if (UNROLL > 1u) { a += chunk4(xrow, n, k + step); }
+        if (UNROLL > 2u) { a += chunk4(xrow, n, k + 2u * step) + chunk4(xrow, n, k + 3u * step); }
+        s += a;
     }
-    s += t;
+    for (; k < p.k; k += step) {
+        s += chunk4(xrow, n, k);
+    }
 #ifdef SUBGROUPS
     let total = subgroupAdd(s);
     if (lane == 0u) {

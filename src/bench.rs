@@ -93,6 +93,13 @@ async fn bench_memory(gpu: &Gpu, bytes: usize, reps: usize, trials: usize) -> Re
     rows.push(BenchRow { name: format!("memory: WGSL read {} MiB", bytes >> 20), ms, gflops: 0.0, gbs: gb / ms * 1e3 });
     let ms = time_list(gpu, &copy, reps, trials).await?;
     rows.push(BenchRow { name: format!("memory: WGSL copy {} MiB (read+write)", bytes >> 20), ms, gflops: 0.0, gbs: 2.0 * gb / ms * 1e3 });
+    for rpg in [1u32, 4] {
+        // 4 KiB rows, as the f16 lm_head's 2048 columns.
+        let mut rec = Recorder::new(gpu);
+        let groups = bandwidth::read_rows(&mut rec, &src, &out_rows(gpu, bytes)?, 256, rpg)?;
+        let ms = time_list(gpu, &rec.finish()?, reps, trials).await?;
+        rows.push(BenchRow { name: format!("memory: WGSL read as 4 KiB rows, {rpg} per warp ({groups} groups)"), ms, gflops: 0.0, gbs: gb / ms * 1e3 });
+    }
     let mut times = Vec::new();
     for t in 0..=trials {
         let start = Instant::now();
@@ -110,6 +117,11 @@ async fn bench_memory(gpu: &Gpu, bytes: usize, reps: usize, trials: usize) -> Re
     let ms = times[times.len() / 2];
     rows.push(BenchRow { name: format!("memory: copy engine {} MiB (read+write)", bytes >> 20), ms, gflops: 0.0, gbs: 2.0 * gb / ms * 1e3 });
     Ok(rows)
+}
+
+fn out_rows(gpu: &Gpu, bytes: usize) -> Result<Tensor> {
+    let rows = bytes / 4096;
+    Tensor::empty(gpu, &[crate::ops::bandwidth::read_threads((rows as u32).div_ceil(8)) * 4], DType::U32)
 }
 
 /// Runs the standard set. `quick` shrinks repetitions (for slow software adapters).

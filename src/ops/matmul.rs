@@ -57,12 +57,12 @@ pub fn variants() -> Vec<PipelineKey> {
     v
 }
 
-/// GEMV columns per 32-lane group (1, 2 or 4) and k-chunks per step (1 or 2). Defaults
+/// GEMV columns per 32-lane group (1, 2 or 4) and k-chunks per step (1, 2 or 4). Defaults
 /// measured on the H200 (docs/PERFORMANCE.md); `DSVL_GEMV_CPG` / `DSVL_GEMV_UNROLL` override
 /// them for tuning on other adapters.
 fn gemv_tuning() -> (u32, u32) {
     let env = |k: &str, ok: &[u32], d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d);
-    (env("DSVL_GEMV_CPG", &[1, 2, 4], 4), env("DSVL_GEMV_UNROLL", &[1, 2], 1))
+    (env("DSVL_GEMV_CPG", &[1, 2, 4], 4), env("DSVL_GEMV_UNROLL", &[1, 2, 4], 1))
 }
 
 /// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K], y: [M, N] view.
