@@ -98,13 +98,14 @@ fn run() -> Result<()> {
             let rows = pollster::block_on(dsvl_gpu::bench::bench_ops(&gpu, quick, only.as_deref()))?;
             if json {
                 for r in &rows {
-                    println!("{{\"op\":\"{}\",\"ms\":{:.4},\"gflops\":{:.1},\"gbs\":{:.1}}}", r.name, r.ms, r.gflops, r.gbs);
+                    println!("{{\"op\":\"{}\",\"ms\":{:.4},\"gflops\":{:.1},\"gbs\":{:.1},\"spread\":{:.3}}}", r.name, r.ms, r.gflops, r.gbs, r.spread);
                 }
             } else {
                 println!("adapter: {}", gpu.adapter);
-                println!("| op | ms | GFLOP/s | GB/s |\n|---|---|---|---|");
+                println!("| op | ms (median) | GFLOP/s | GB/s | spread |\n|---|---|---|---|---|");
                 for r in &rows {
-                    println!("| {} | {:.3} | {:.0} | {:.0} |", r.name, r.ms, r.gflops, r.gbs);
+                    let flops = if r.gflops > 0.0 { format!("{:.0}", r.gflops) } else { "-".into() };
+                    println!("| {} | {:.3} | {flops} | {:.0} | {:.0}% |", r.name, r.ms, r.gbs, r.spread * 100.0);
                 }
             }
         }
