@@ -27,26 +27,7 @@ struct EltParams {
 @group(0) @binding(2) var<storage, read_write> y: array<T>;
 #endif
 
-// erf with |error| < 1.2e-7 relative to erfc (Chebyshev fit, Numerical Recipes' erfcc form):
-// accurate enough that GELU matches torch's exact-erf GELU to 1e-6.
-fn erf_f32(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-        t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
-
-fn gelu_erf_f(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf_f32(x * 0.70710678118654752));
-}
-
-fn gelu_tanh_f(x: f32) -> f32 {
-    // Clamped: some tanh implementations overflow to NaN for large arguments.
-    let u = clamp(0.79788456080286536 * (x + 0.044715 * x * x * x), -15.0, 15.0);
-    return 0.5 * x * (1.0 + tanh(u));
-}
+#include gelu
 
 fn silu_f(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
@@ -58,50 +39,35 @@ fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
     return vec2<u32>(i, u32(i < p.rows * p.cols));
 }
 
+// OP is a pipeline constant. unary: 0 GELU (erf), 1 GELU (tanh), 2 SiLU;
+// binary: 0 add, 1 silu(a) * b (SwiGLU's gate).
+override OP: u32 = 0u;
+
 #ifdef BINARY
 @compute @workgroup_size(256)
-fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = element(wid, nwg, lid);
     if (e.y == 0u) { return; }
     let r = e.x / p.cols;
     let c = e.x % p.cols;
-    y[p.y_off + r * p.y_stride + c] = T(f32(a[p.a_off + r * p.a_stride + c]) + f32(b[p.b_off + r * p.b_stride + c]));
-}
-
-// SwiGLU's gate: silu(a) * b.
-@compute @workgroup_size(256)
-fn silu_mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = element(wid, nwg, lid);
-    if (e.y == 0u) { return; }
-    let r = e.x / p.cols;
-    let c = e.x % p.cols;
-    y[p.y_off + r * p.y_stride + c] = T(silu_f(f32(a[p.a_off + r * p.a_stride + c])) * f32(b[p.b_off + r * p.b_stride + c]));
+    let av = f32(a[p.a_off + r * p.a_stride + c]);
+    let bv = f32(b[p.b_off + r * p.b_stride + c]);
+    y[p.y_off + r * p.y_stride + c] = T(select(av + bv, silu_f(av) * bv, OP == 1u));
 }
 #else
 @compute @workgroup_size(256)
-fn gelu_erf(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = element(wid, nwg, lid);
     if (e.y == 0u) { return; }
     let r = e.x / p.cols;
     let c = e.x % p.cols;
-    y[p.y_off + r * p.y_stride + c] = T(gelu_erf_f(f32(a[p.a_off + r * p.a_stride + c])));
-}
-
-@compute @workgroup_size(256)
-fn gelu_tanh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = element(wid, nwg, lid);
-    if (e.y == 0u) { return; }
-    let r = e.x / p.cols;
-    let c = e.x % p.cols;
-    y[p.y_off + r * p.y_stride + c] = T(gelu_tanh_f(f32(a[p.a_off + r * p.a_stride + c])));
-}
-
-@compute @workgroup_size(256)
-fn silu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = element(wid, nwg, lid);
-    if (e.y == 0u) { return; }
-    let r = e.x / p.cols;
-    let c = e.x % p.cols;
-    y[p.y_off + r * p.y_stride + c] = T(silu_f(f32(a[p.a_off + r * p.a_stride + c])));
+    let x = f32(a[p.a_off + r * p.a_stride + c]);
+    var v: f32;
+    switch (OP) {
+        case 0u: { v = gelu_erf_f(x); }
+        case 1u: { v = gelu_tanh_f(x); }
+        default: { v = silu_f(x); }
+    }
+    y[p.y_off + r * p.y_stride + c] = T(v);
 }
 #endif

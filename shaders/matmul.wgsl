@@ -46,14 +46,7 @@ struct MatmulParams {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
 
-fn erf_f32(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-        t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
+#include gelu
 
 fn finish(m: u32, n: u32, acc: f32) {
     var v = acc;
@@ -61,10 +54,9 @@ fn finish(m: u32, n: u32, acc: f32) {
         v += bias[p.bias_off + n];
     }
     if (p.act == 1u) {
-        v = 0.5 * v * (1.0 + erf_f32(v * 0.70710678118654752));
+        v = gelu_erf_f(v);
     } else if (p.act == 2u) {
-        let u = clamp(0.79788456080286536 * (v + 0.044715 * v * v * v), -15.0, 15.0);
-        v = 0.5 * v * (1.0 + tanh(u));
+        v = gelu_tanh_f(v);
     }
     let i = p.y_off + m * p.y_stride + p.n_off + n;
     if ((p.flags & 2u) != 0u) {

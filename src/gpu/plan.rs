@@ -75,7 +75,8 @@ impl<'g> Recorder<'g> {
         for (i, t) in tensors.iter().enumerate() {
             let size = t.byte_len();
             if size > self.gpu.caps.max_binding {
-                return Err(Error::BindingLimit { op: key.kernel.entry, what: format!("binding {} {:?} {}", i + has_uniform as usize, t.shape(), t.dtype()), needed: size, limit: self.gpu.caps.max_binding });
+                let what = format!("binding {} ({:?} {}) of {key}", i + has_uniform as usize, t.shape(), t.dtype());
+                return Err(Error::BindingLimit { op: key.kernel.entry, what, needed: size, limit: self.gpu.caps.max_binding });
             }
             if t.offset() % self.gpu.caps.storage_align != 0 {
                 return Err(Error::Kernel { kernel: key.to_string(), message: format!("binding {} offset {} not a multiple of {}", i, t.offset(), self.gpu.caps.storage_align) });

@@ -1,6 +1,7 @@
 //! WGSL sources and the one small preprocessor that specialises them.
 //!
-//! Supported lines: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable). A variant
+//! Supported lines: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable) and
+//! `#include NAME` (a snippet from `INCLUDES`, for helpers two shaders share). A variant
 //! with the flag `F16` gets `enable f16;` prepended. `SUBGROUPS` variants get no directive:
 //! naga 30 rejects `enable subgroups;` and gates the builtins by the device feature instead
 //! (wgpu 30 does not expose subgroups in the browser, so those variants are native-only).
@@ -22,6 +23,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("sample", include_str!("../../shaders/sample.wgsl")),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
 ];
+
+/// Snippets inserted by `#include NAME` (no directives of their own).
+pub const INCLUDES: &[(&str, &str)] = &[("gelu", include_str!("../../shaders/gelu.wgsl"))];
 
 pub fn source(name: &str) -> Result<&'static str> {
     SOURCES
@@ -54,6 +58,11 @@ pub fn preprocess(name: &str, src: &str, flags: &[&str]) -> Result<String> {
             top.0 = !top.0;
         } else if t.starts_with("#endif") {
             stack.pop().ok_or_else(|| err("#endif without #ifdef"))?;
+        } else if let Some(rest) = t.strip_prefix("#include ") {
+            let inc = INCLUDES.iter().find(|(n, _)| *n == rest.trim()).ok_or_else(|| err("unknown #include"))?;
+            if active(&stack) {
+                out.push_str(inc.1);
+            }
         } else if t.starts_with('#') {
             return Err(err("unknown directive"));
         } else if active(&stack) {
@@ -84,6 +93,8 @@ mod tests {
         assert!(preprocess("t", "#ifdef X\n", &[]).is_err());
         assert!(preprocess("t", "#endif\n", &[]).is_err());
         assert!(preprocess("t", "#define X\n", &[]).is_err());
+        assert!(preprocess("t", "#include nope\n", &[]).is_err());
+        assert!(preprocess("t", "#include gelu\n", &[]).unwrap().contains("fn gelu_erf_f"));
         assert!(preprocess("t", "x", &["F16"]).unwrap().starts_with("enable f16;"));
     }
 }

@@ -27,14 +27,17 @@ pub enum Binary {
     SiluMul,
 }
 
+const UNARY_KERNEL: Kernel = Kernel { shader: "elementwise", entry: "unary", binds: UNARY };
+const BINARY_KERNEL: Kernel = Kernel { shader: "elementwise", entry: "binary", binds: BINARY };
+
 impl Unary {
-    fn kernel(self) -> Kernel {
-        let entry = match self {
-            Unary::GeluErf => "gelu_erf",
-            Unary::GeluTanh => "gelu_tanh",
-            Unary::Silu => "silu",
-        };
-        Kernel { shader: "elementwise", entry, binds: UNARY }
+    /// The shader's `OP` pipeline constant.
+    fn op(self) -> u32 {
+        match self {
+            Unary::GeluErf => 0,
+            Unary::GeluTanh => 1,
+            Unary::Silu => 2,
+        }
     }
     /// f64 reference.
     pub fn reference(self, x: f64) -> f64 {
@@ -50,12 +53,11 @@ impl Unary {
 }
 
 impl Binary {
-    fn kernel(self) -> Kernel {
-        let entry = match self {
-            Binary::Add => "add",
-            Binary::SiluMul => "silu_mul",
-        };
-        Kernel { shader: "elementwise", entry, binds: BINARY }
+    fn op(self) -> u32 {
+        match self {
+            Binary::Add => 0,
+            Binary::SiluMul => 1,
+        }
     }
     pub fn reference(self, a: f64, b: f64) -> f64 {
         match self {
@@ -70,11 +72,11 @@ pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
     for flags in [&[][..], &["F16"][..]] {
         for u in [Unary::GeluErf, Unary::GeluTanh, Unary::Silu] {
-            v.push(PipelineKey::new(u.kernel(), flags, &[]));
+            v.push(PipelineKey::new(UNARY_KERNEL, flags, &[("OP", u.op())]));
         }
         for b in [Binary::Add, Binary::SiluMul] {
             let f: Vec<&'static str> = flags.iter().copied().chain(["BINARY"]).collect();
-            v.push(PipelineKey::new(b.kernel(), &f, &[]));
+            v.push(PipelineKey::new(BINARY_KERNEL, &f, &[("OP", b.op())]));
         }
     }
     v
@@ -105,7 +107,7 @@ pub fn unary(rec: &mut Recorder, f: Unary, a: &Rows, y: &Rows) -> Result<()> {
         y_off: y.off as u32,
         y_stride: y.stride as u32,
     };
-    let key = PipelineKey::new(f.kernel(), act_flags(op, a.t.dtype())?, &[]);
+    let key = PipelineKey::new(UNARY_KERNEL, act_flags(op, a.t.dtype())?, &[("OP", f.op())]);
     rec.dispatch(&key, &params, &[a.t, y.t], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
@@ -131,7 +133,7 @@ pub fn binary(rec: &mut Recorder, f: Binary, a: &Rows, b: &Rows, y: &Rows) -> Re
     };
     let mut flags = act_flags(op, a.t.dtype())?.to_vec();
     flags.push("BINARY");
-    let key = PipelineKey::new(f.kernel(), &flags, &[]);
+    let key = PipelineKey::new(BINARY_KERNEL, &flags, &[("OP", f.op())]);
     rec.dispatch(&key, &params, &[a.t, b.t, y.t], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
