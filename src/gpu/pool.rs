@@ -47,13 +47,12 @@ impl PoolInner {
     }
 
     pub(crate) fn take(&self, device: &wgpu::Device, class: u64, pooled: bool) -> wgpu::Buffer {
-        if pooled {
-            if let Some(b) = self.free.lock().ok().and_then(|mut m| m.get_mut(&class).and_then(Vec::pop)) {
+        if pooled
+            && let Some(b) = self.free.lock().ok().and_then(|mut m| m.get_mut(&class).and_then(Vec::pop)) {
                 self.cached.fetch_sub(class, Ordering::Relaxed);
                 self.live.fetch_add(class, Ordering::Relaxed);
                 return b;
             }
-        }
         let b = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(if pooled { "pooled" } else { "tensor" }),
             size: class,
@@ -68,13 +67,12 @@ impl PoolInner {
 
     pub(crate) fn give_back(&self, buffer: wgpu::Buffer, size: u64, pooled: bool) {
         self.live.fetch_sub(size, Ordering::Relaxed);
-        if pooled {
-            if let Ok(mut m) = self.free.lock() {
+        if pooled
+            && let Ok(mut m) = self.free.lock() {
                 self.cached.fetch_add(size, Ordering::Relaxed);
                 m.entry(size).or_default().push(buffer);
                 return;
             }
-        }
         buffer.destroy();
     }
 }

@@ -43,7 +43,7 @@ pub fn preprocess(name: &str, src: &str, flags: &[&str]) -> Result<String> {
     }
     // Stack of (this branch active, parent active).
     let mut stack: Vec<(bool, bool)> = Vec::new();
-    let active = |s: &Vec<(bool, bool)>| s.last().map_or(true, |&(a, p)| a && p);
+    let active = |s: &Vec<(bool, bool)>| s.last().is_none_or(|&(a, p)| a && p);
     for (i, line) in src.lines().enumerate() {
         let t = line.trim_start();
         let err = |m: &str| Error::Shader { shader: name.into(), message: format!("line {}: {m}", i + 1) };

@@ -140,7 +140,7 @@ impl Tensor {
     /// Overwrites the tensor's contents (queued; ordered before the next submission).
     pub fn write_bytes(&self, gpu: &Gpu, bytes: &[u8]) {
         let mut padded;
-        let data = if bytes.len() % 4 != 0 {
+        let data = if !bytes.len().is_multiple_of(4) {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4) * 4, 0);
             &padded[..]

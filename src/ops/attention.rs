@@ -52,7 +52,7 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         128 => "HD128",
         d => return Err(shape_err(op, format!("head dim {d} (supported: 64, 128)"))),
     };
-    if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(shape_err(op, format!("{} heads not divisible into {} kv heads", s.heads, s.kv_heads)));
     }
     if q.cols != s.heads * s.head_dim || o.cols != q.cols || o.rows != q.rows {

@@ -26,7 +26,7 @@ pub fn read_threads(groups: u32) -> usize {
 
 /// XOR-reads all of `src` (u32, length a multiple of 4) with `groups` workgroups.
 pub fn read_xor(rec: &mut Recorder, src: &Tensor, out: &Tensor, groups: u32) -> Result<()> {
-    if src.len() % 4 != 0 || out.len() < read_threads(groups) * 4 || src.dtype() != DType::U32 || out.dtype() != DType::U32 {
+    if !src.len().is_multiple_of(4) || out.len() < read_threads(groups) * 4 || src.dtype() != DType::U32 || out.dtype() != DType::U32 {
         return Err(shape_err("read_xor", format!("src {:?} out {:?} for {groups} groups", src.shape(), out.shape())));
     }
     let p = BwParams { n4: (src.len() / 4) as u32, ..Default::default() };
@@ -37,7 +37,7 @@ pub fn read_xor(rec: &mut Recorder, src: &Tensor, out: &Tensor, groups: u32) -> 
 /// `out` needs 4 u32 per invocation: `read_threads(rows_groups(..))` u32x4.
 pub fn read_rows(rec: &mut Recorder, src: &Tensor, out: &Tensor, row4: usize, rpg: u32) -> Result<u32> {
     let n4 = src.len() / 4;
-    if src.len() % 4 != 0 || row4 == 0 || n4 % row4 != 0 || !(1..=4).contains(&rpg) {
+    if !src.len().is_multiple_of(4) || row4 == 0 || !n4.is_multiple_of(row4) || !(1..=4).contains(&rpg) {
         return Err(shape_err("read_rows", format!("src {:?} rows of {row4} x16 bytes, {rpg} per group", src.shape())));
     }
     let groups = ((n4 / row4) as u32).div_ceil(8 * rpg);
@@ -51,7 +51,7 @@ pub fn read_rows(rec: &mut Recorder, src: &Tensor, out: &Tensor, row4: usize, rp
 
 /// Copies `src` to `dst` (u32, same length, a multiple of 4).
 pub fn copy(rec: &mut Recorder, src: &Tensor, dst: &Tensor, groups: u32) -> Result<()> {
-    if src.len() % 4 != 0 || dst.len() != src.len() || src.dtype() != DType::U32 || dst.dtype() != DType::U32 {
+    if !src.len().is_multiple_of(4) || dst.len() != src.len() || src.dtype() != DType::U32 || dst.dtype() != DType::U32 {
         return Err(shape_err("copy", format!("src {:?} dst {:?}", src.shape(), dst.shape())));
     }
     let p = BwParams { n4: (src.len() / 4) as u32, ..Default::default() };

@@ -33,11 +33,10 @@ fn norm(rec: &mut Recorder, kernel: Kernel, x: &Rows, weight: &Tensor, bias: Opt
         return Err(shape_err(op, format!("input {}x{} vs output {}x{}", x.rows, x.cols, y.rows, y.cols)));
     }
     for (name, t) in [("weight", Some(weight)), ("bias", bias)] {
-        if let Some(t) = t {
-            if t.dtype() != DType::F32 || t.len() != x.cols {
+        if let Some(t) = t
+            && (t.dtype() != DType::F32 || t.len() != x.cols) {
                 return Err(shape_err(op, format!("{name} {:?} {} for {} columns (f32 expected)", t.shape(), t.dtype(), x.cols)));
             }
-        }
     }
     if x.t.same_buffer(y.t) || y.t.dtype() != x.t.dtype() {
         return Err(shape_err(op, "output must be a separate tensor of the input's dtype".into()));

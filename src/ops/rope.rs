@@ -26,7 +26,7 @@ pub fn inv_freq(dim: usize, theta: f32) -> Vec<f32> {
 pub fn rope(rec: &mut Recorder, x: &Rows, heads: usize, dim: usize, inv_freq: &Tensor, seq: &Tensor) -> Result<()> {
     let op = "rope";
     x.check(op)?;
-    if dim == 0 || dim % 2 != 0 || heads * dim != x.cols {
+    if dim == 0 || !dim.is_multiple_of(2) || heads * dim != x.cols {
         return Err(shape_err(op, format!("{heads} heads of {dim} (even) must fill {} columns", x.cols)));
     }
     if seq.dtype() != DType::U32 || seq.is_empty() {
