@@ -35,6 +35,7 @@ kernel_tests!(
     check_top_p,
     check_decode_replay,
     check_bandwidth_probes,
+    check_convert,
 );
 
 #[test]

@@ -22,6 +22,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
+    ("convert", include_str!("../../shaders/convert.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

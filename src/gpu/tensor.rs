@@ -117,6 +117,11 @@ impl Tensor {
         Tensor::alloc(gpu, shape, dtype, true)
     }
 
+    /// An uninitialised tensor in a buffer of its own, sized exactly (weights, caches).
+    pub fn empty_exact(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::alloc(gpu, shape, dtype, false)
+    }
+
     /// A tensor holding `bytes` (already in `dtype`'s layout), in a buffer of its own.
     pub fn from_bytes(gpu: &Gpu, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
         let want = numel(shape) * dtype.size();
@@ -179,8 +184,7 @@ impl Tensor {
     /// parameters instead.
     pub fn view(&self, elems: usize, shape: &[usize]) -> Result<Tensor> {
         let start = self.offset + (elems * self.dtype.size()) as u64;
-        let end = start + (numel(shape) * self.dtype.size()) as u64;
-        if end > self.storage.size {
+        if elems + numel(shape) > self.len() {
             return Err(Error::Shape { op: "view", detail: format!("{shape:?} at {elems} exceeds {:?}", self.shape) });
         }
         Ok(Tensor { storage: self.storage.clone(), offset: start, shape: shape.to_vec(), dtype: self.dtype })

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod conv;
+pub mod convert;
 pub mod elementwise;
 pub mod embedding;
 pub mod interp;
@@ -27,6 +28,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     embedding::CHECKS,
     sample::CHECKS,
     bandwidth::CHECKS,
+    convert::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -120,6 +122,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(embedding::variants());
     v.extend(sample::variants());
     v.extend(bandwidth::variants());
+    v.extend(convert::variants());
     v
 }
 
@@ -146,5 +149,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<embedding::EmbedParams>("embedding"),
         layout_of::<sample::SampleParams>("sample"),
         layout_of::<bandwidth::BwParams>("bandwidth"),
+        layout_of::<convert::ConvertParams>("convert"),
     ]
 }

@@ -12,6 +12,7 @@ pub fn gpu() -> &'static Gpu {
 }
 
 /// Runs a named check from the library's registry.
+#[allow(dead_code)] // used by tests/kernels.rs, not by every test binary that shares this module
 pub fn run_check(gpu: &Gpu, name: &str) {
     let (_, f) = dsvl_gpu::check::all()
         .into_iter()
