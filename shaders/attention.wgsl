@@ -4,7 +4,7 @@
 // Row views: q[q_off + i*q_stride + h*D + d], k/v likewise with their kv head (GQA: heads
 // share kv heads in groups), o like q. `seq` = [position of query row 0, number of valid kv
 // rows]; it is storage so a recorded decode step can be replayed at a new position.
-// Causal: query i sees keys j <= seq[0] + i. Flags: HD64 / HD128 (head dim), F16.
+// Causal: query i sees keys j <= seq[0] + i. Flags: HD32 / HD64 / HD128 (head dim), F16.
 
 #ifdef F16
 alias T = f16;
@@ -15,7 +15,11 @@ alias T = f32;
 #ifdef HD128
 const D: u32 = 128u;
 #else
+#ifdef HD32
+const D: u32 = 32u;
+#else
 const D: u32 = 64u;
+#endif
 #endif
 const D4: u32 = D / 4u;
 const BQ: u32 = 64u;

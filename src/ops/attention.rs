@@ -22,7 +22,7 @@ const QUERIES_PER_WORKGROUP: u32 = 64;
 
 pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
-    for hd in ["HD64", "HD128"] {
+    for hd in ["HD32", "HD64", "HD128"] {
         v.push(PipelineKey::new(ATTN, &[hd], &[]));
         v.push(PipelineKey::new(ATTN, &[hd, "F16"], &[]));
     }
@@ -48,9 +48,10 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         r.check(op)?;
     }
     let hd_flag = match s.head_dim {
+        32 => "HD32",
         64 => "HD64",
         128 => "HD128",
-        d => return Err(shape_err(op, format!("head dim {d} (supported: 64, 128)"))),
+        d => return Err(shape_err(op, format!("head dim {d} (supported: 32, 64, 128)"))),
     };
     if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(shape_err(op, format!("{} heads not divisible into {} kv heads", s.heads, s.kv_heads)));
@@ -126,7 +127,7 @@ async fn check_attention_vit(gpu: &Gpu) -> CheckResult {
     let mut rng = Rng::new(40);
     let mut worst = 0.0f64;
     for dt in check::act_dtypes(gpu) {
-        for (n, heads, d) in [(1, 1, 64), (7, 2, 64), (77, 3, 64), (33, 2, 128)] {
+        for (n, heads, d) in [(1, 1, 64), (7, 2, 64), (77, 3, 64), (33, 2, 128), (20, 3, 32)] {
             let w = heads * d;
             let qkv = check::round_to(dt, &rng.normals(n * 3 * w, 1.0));
             let t = Tensor::from_f32(gpu, &[n, 3 * w], dt, &qkv)?;
@@ -153,7 +154,7 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
     let mut worst = 0.0f64;
     for dt in check::act_dtypes(gpu) {
         // (new rows m, past, heads, kv_heads, d)
-        for (m, past, heads, kvh, d) in [(1, 0, 1, 1, 128), (9, 0, 2, 2, 128), (70, 5, 4, 2, 64), (5, 130, 2, 1, 128)] {
+        for (m, past, heads, kvh, d) in [(1, 0, 1, 1, 128), (9, 0, 2, 2, 128), (70, 5, 4, 2, 64), (5, 130, 2, 1, 128), (12, 3, 1, 1, 32)] {
             let cap = past + m + 11;
             let (qw, kw) = (heads * d, kvh * d);
             let q = check::round_to(dt, &rng.normals(m * qw, 1.0));
