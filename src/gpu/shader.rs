@@ -23,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("sample", include_str!("../../shaders/sample.wgsl")),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("convert", include_str!("../../shaders/convert.wgsl")),
+    ("patchify", include_str!("../../shaders/patchify.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).
