@@ -24,6 +24,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("convert", include_str!("../../shaders/convert.wgsl")),
     ("patchify", include_str!("../../shaders/patchify.wgsl")),
+    ("kv", include_str!("../../shaders/kv.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

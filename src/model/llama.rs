@@ -1,6 +1,6 @@
-//! The DeepSeek-LLM (Llama) decoder over a KV cache, recorded as dispatches. Prefill runs a
-//! block of new tokens at positions past..past+m in one pass; the k/v projections write
-//! straight into the cache rows.
+//! The DeepSeek-LLM (Llama) decoder over a KV cache, recorded as dispatches. The same recording
+//! serves prefill (m new tokens) and decode (m = 1): positions come from `seq` on the GPU, so a
+//! recorded step is replayed at every position by rewriting `seq` only.
 
 use super::config::LlmConfig;
 use super::siglip::apply;
@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::ops::attention::{attention, AttnShape};
 use crate::ops::elementwise::{binary, Binary};
+use crate::ops::kv::kv_write;
 use crate::ops::matmul::Act;
 use crate::ops::norm::rmsnorm;
 use crate::ops::rope::{inv_freq, rope};
@@ -55,15 +56,16 @@ pub enum LogitRows {
 }
 
 /// Records the decoder over `x` ([m, hidden] input embeddings, overwritten: it is the residual
-/// stream) for tokens at positions `past..past + m`, filling cache rows `past..past + m`, and
-/// writes logits ([1 or m, vocab], f32 or act dtype) into `logits`. `seq` = u32 [past, past + m].
+/// stream) for m tokens at positions `seq[0]..seq[0] + m`, filling those cache rows, and writes
+/// logits ([1 or m, vocab]) into `logits`. `seq` = u32 [past, past + m], set by the caller before
+/// each run; the caller keeps past + m within the cache (rows beyond it are dropped).
 #[allow(clippy::too_many_arguments)]
-pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &LlmConsts, cache: &KvCache, x: &Tensor, past: usize, seq: &Tensor, rows: LogitRows, logits: &Tensor) -> Result<()> {
+pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &LlmConsts, cache: &KvCache, x: &Tensor, seq: &Tensor, rows: LogitRows, logits: &Tensor) -> Result<()> {
     let g = rec.gpu;
     let act = x.dtype();
     let m = x.shape()[0];
-    if past + m > cache.capacity {
-        return Err(Error::Invalid(format!("{} tokens exceed the KV cache of {}", past + m, cache.capacity)));
+    if m > cache.capacity {
+        return Err(Error::Invalid(format!("{m} tokens exceed the KV cache of {}", cache.capacity)));
     }
     let (hid, kvw, hd) = (cfg.hidden, cfg.kv_heads * cfg.head_dim, cfg.head_dim);
     let eps = cfg.rms_eps as f32;
@@ -73,18 +75,21 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
     let gate = Tensor::empty(g, &[m, cfg.intermediate], act)?;
     let up = Tensor::empty(g, &[m, cfg.intermediate], act)?;
     let s = Tensor::empty(g, &[m, cfg.intermediate], act)?;
+    let k_new = Tensor::empty(g, &[m, kvw], act)?;
+    let v_new = Tensor::empty(g, &[m, kvw], act)?;
     let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.kv_heads, head_dim: hd, scale: (hd as f32).powf(-0.5), causal: true };
     let (xr, hr) = (Rows::all(x), Rows::all(&h));
     for (l, lw) in w.layers.iter().enumerate() {
         let (kc, vc) = (&cache.k[l], &cache.v[l]);
-        let new_rows = |t| cache_rows(t, past, m, kvw);
-        // x += o(attn(rope(q), rope(k), v)) over norm(x); k and v land in the cache.
+        // x += o(attn(rope(q), rope(k), v)) over norm(x); k and v are appended to the cache.
         rmsnorm(rec, &xr, &lw.input_norm, eps, &hr)?;
         apply(rec, &lw.q, &hr, Act::None, false, &Rows::all(&q))?;
-        apply(rec, &lw.k, &hr, Act::None, false, &new_rows(kc))?;
-        apply(rec, &lw.v, &hr, Act::None, false, &new_rows(vc))?;
+        apply(rec, &lw.k, &hr, Act::None, false, &Rows::all(&k_new))?;
+        apply(rec, &lw.v, &hr, Act::None, false, &Rows::all(&v_new))?;
         rope(rec, &Rows::all(&q), cfg.heads, hd, &c.inv_freq, seq)?;
-        rope(rec, &new_rows(kc), cfg.kv_heads, hd, &c.inv_freq, seq)?;
+        rope(rec, &Rows::all(&k_new), cfg.kv_heads, hd, &c.inv_freq, seq)?;
+        kv_write(rec, &k_new, seq, kc)?;
+        kv_write(rec, &v_new, seq, vc)?;
         attention(rec, &Rows::all(&q), &Rows::all(kc), &Rows::all(vc), &Rows::all(&a), shape, seq)?;
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
         // x += down(silu(gate(h)) * up(h)), h = norm(x)
@@ -106,7 +111,4 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
     crate::ops::matmul::linear(rec, &Rows::all(&hn), &w.lm_head, Default::default(), &Rows::all(logits))
 }
 
-/// Cache rows `past..past + m` ([m, kvw]).
-fn cache_rows(t: &Tensor, past: usize, m: usize, kvw: usize) -> Rows<'_> {
-    Rows { t, off: past * kvw, stride: kvw, rows: m, cols: kvw }
-}
+

@@ -82,7 +82,7 @@ impl Model {
         let seq = Tensor::from_u32(gpu, &[2], &[0, m as u32])?;
         let n = if rows == LogitRows::All { m } else { 1 };
         let logits = Tensor::empty(gpu, &[n, cfg.llm.vocab], self.act)?;
-        record_decoder(&mut rec, &cfg.llm, &self.weights.llm, &self.consts, &cache, &x, 0, &seq, rows, &logits)?;
+        record_decoder(&mut rec, &cfg.llm, &self.weights.llm, &self.consts, &cache, &x, &seq, rows, &logits)?;
         rec.finish()?.run(gpu).await?;
         gpu.read_f32(&logits).await
     }
