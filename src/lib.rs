@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod check;

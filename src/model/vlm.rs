@@ -25,8 +25,12 @@ impl Model {
         Ok(Model { cfg, weights, act, consts })
     }
 
+    pub(crate) fn consts(&self) -> &LlmConsts {
+        &self.consts
+    }
+
     /// Records vision + aligner for every image into rows [n_images * tokens, n_embed].
-    fn record_images(&self, rec: &mut Recorder, images: &[Tensor]) -> Result<Option<Tensor>> {
+    pub(crate) fn record_images(&self, rec: &mut Recorder, images: &[Tensor]) -> Result<Option<Tensor>> {
         if images.is_empty() {
             return Ok(None);
         }
