@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::model::llama::{record_decoder, KvCache, LogitRows};
 use crate::model::vlm::Model;
+use crate::ops::convert::{convert, Source};
 use crate::ops::embedding::{embed, gather, image_positions};
 use crate::ops::sample::{advance, sample, History, Sampling};
 
@@ -63,10 +64,16 @@ impl Model {
         let hist_ids = Tensor::from_u32(gpu, &[total], &hist_init)?;
         let hist_count = Tensor::from_u32(gpu, &[1], &[m as u32])?;
         let history = History { ids: &hist_ids, count: &hist_count };
+        // Sampling reads f32 logits; with f16 activations the head's output is widened first.
         let logits = Tensor::empty(gpu, &[1, cfg.vocab], DType::F32)?;
-        if act != DType::F32 {
-            return Err(Error::DType { op: "generate", dtype: act.name().into(), detail: "sampling reads f32 logits; use f32 activations".into() });
-        }
+        let head_out = if act == DType::F32 { logits.clone() } else { Tensor::empty(gpu, &[1, cfg.vocab], act)? };
+        let widen = |rec: &mut Recorder| -> Result<()> {
+            if act == DType::F32 {
+                return Ok(());
+            }
+            let raw = head_out.bitcast(DType::U32, &[cfg.vocab.div_ceil(2)])?;
+            convert(rec, &raw, cfg.vocab, Source::F16, &logits.reshape(&[cfg.vocab])?)
+        };
 
         // Prefill: images, embeddings, the whole prompt, the first sample.
         let mut rec = Recorder::new(gpu);
@@ -75,7 +82,8 @@ impl Model {
         let x = Tensor::empty(gpu, &[m, cfg.hidden], act)?;
         let pos_t = Tensor::from_u32(gpu, &[positions.len().max(1)], if positions.is_empty() { &[0] } else { &positions })?;
         embed(&mut rec, &idt, &self.weights.llm.embed, image_rows.as_ref().map(|r| (r, &pos_t)), &x)?;
-        record_decoder(&mut rec, cfg, &self.weights.llm, self.consts(), &cache, &x, &seq, LogitRows::Last, &logits)?;
+        record_decoder(&mut rec, cfg, &self.weights.llm, self.consts(), &cache, &x, &seq, LogitRows::Last, &head_out)?;
+        widen(&mut rec)?;
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;
         rec.finish()?.run(gpu).await?;
@@ -84,7 +92,8 @@ impl Model {
         let mut rec = Recorder::new(gpu);
         let x1 = Tensor::empty(gpu, &[1, cfg.hidden], act)?;
         gather(&mut rec, &token, &self.weights.llm.embed, &x1)?;
-        record_decoder(&mut rec, cfg, &self.weights.llm, self.consts(), &cache, &x1, &seq, LogitRows::Last, &logits)?;
+        record_decoder(&mut rec, cfg, &self.weights.llm, self.consts(), &cache, &x1, &seq, LogitRows::Last, &head_out)?;
+        widen(&mut rec)?;
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;
         let decode = rec.finish()?;

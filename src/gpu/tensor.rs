@@ -179,6 +179,16 @@ impl Tensor {
         Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
     }
 
+    /// The same bytes read as another dtype (e.g. f16 data as packed u32 words for a kernel
+    /// that converts it); `shape` must cover the same bytes, rounded up to whole words.
+    pub fn bitcast(&self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let bytes = ((numel(shape) * dtype.size()) as u64).div_ceil(4) * 4;
+        if bytes != self.byte_len() {
+            return Err(Error::Shape { op: "bitcast", detail: format!("{:?} {} as {shape:?} {dtype}", self.shape, self.dtype) });
+        }
+        Ok(Tensor { storage: self.storage.clone(), offset: self.offset, shape: shape.to_vec(), dtype })
+    }
+
     /// A view of `shape` starting `elems` elements in. Bindings need the byte offset to be a
     /// multiple of the adapter's storage alignment; kernels that need finer offsets take them as
     /// parameters instead.
