@@ -317,16 +317,37 @@ pub struct Encoded {
 
 /// Formats `conversation`, tokenises it (BOS first) and expands each image token into `num_image_tokens` copies.
 pub fn encode(tok: &PromptTokenizer, conversation: &Conversation, num_image_tokens: usize) -> Result<Encoded> {
+    let text = conversation.sft_format(&tok.image_tag)?;
+    let raw = tok.encode_text(&text, true)?;
+    expand(tok, raw, conversation.num_images(), num_image_tokens)
+}
+
+/// The tokens of one more user turn for chat with a kept KV cache: `User: {text}\n\nAssistant:` without BOS.
+///
+/// The cache must hold the earlier prompt, the answer and then EOS: in the template every answer is followed by
+/// `<｜end▁of▁sentence｜>`, a special token that the tokenizer never merges with its neighbours, so the whole
+/// conversation tokenises to exactly those pieces in a row. (When the answer stopped on the `User:` string rather
+/// than on EOS, feed EOS before these ids.) `image_positions` count from the first returned id.
+pub fn encode_next_turn(tok: &PromptTokenizer, message: &Message, num_image_tokens: usize) -> Result<Encoded> {
+    if message.role != Role::User {
+        return Err(Error::Prompt("a new turn starts with a User message".into()));
+    }
+    // The template of a conversation without system prompt is exactly the turn's own text.
+    let turn = Conversation { system: String::new(), messages: vec![message.clone()] };
+    let text = turn.sft_format(&tok.image_tag)?;
+    let raw = tok.encode_text(&text, false)?;
+    expand(tok, raw, message.images, num_image_tokens)
+}
+
+/// `VLChatProcessor.add_image_token`: every image token becomes `num_image_tokens` copies.
+fn expand(tok: &PromptTokenizer, raw: Vec<u32>, expected_images: usize, num_image_tokens: usize) -> Result<Encoded> {
     if num_image_tokens == 0 {
         return Err(Error::Prompt("num_image_tokens must be at least 1".into()));
     }
-    let text = conversation.sft_format(&tok.image_tag)?;
-    let raw = tok.encode_text(&text, true)?;
     let images = raw.iter().filter(|&&t| t == tok.image_id).count();
-    if images != conversation.num_images() {
+    if images != expected_images {
         return Err(Error::Prompt(format!(
-            "the tokenised prompt has {images} image token(s) for {} image(s)",
-            conversation.num_images()
+            "the tokenised prompt has {images} image token(s) for {expected_images} image(s)"
         )));
     }
     let total = images

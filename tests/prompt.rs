@@ -229,3 +229,32 @@ fn stop_matcher_on_split_pieces() {
         assert!(b.stopped);
     }
 }
+
+/// Chat with a kept KV cache: the Python ids of the multi-turn prompt are, after the last EOS, exactly the ids of
+/// the new user turn encoded alone; and the part before it is the earlier conversation's prompt + answer + EOS.
+#[test]
+fn next_turn_ids_continue_the_python_prompt() {
+    let t = tok();
+    let case = cases()["cases"].as_array().unwrap().iter().find(|c| c["name"] == "multi_turn_multi_image").unwrap();
+    let n = case["num_image_tokens"].as_u64().unwrap() as usize;
+    let want = ids(&case["ids"]);
+    let conv = conversation(case);
+    let cut = want.iter().rposition(|&id| id == t.eos_id()).unwrap() + 1;
+    let last = conv.messages.last().unwrap();
+    let next = prompt::encode_next_turn(t, last, n).unwrap();
+    assert_eq!(next.ids, want[cut..], "new turn ids");
+
+    // The previous turn: prompt of the first three messages, then the answer's tokens, then EOS.
+    let mut earlier = conv.clone();
+    earlier.messages.truncate(3);
+    let first = prompt::encode(t, &earlier, n).unwrap();
+    assert_eq!(want[..first.ids.len()], first.ids[..], "earlier prompt is a prefix");
+
+    // With an image in the new turn, positions count from the turn's first id.
+    let m = Message { role: Role::User, text: "and this?".into(), images: 1 };
+    let e = prompt::encode_next_turn(t, &m, 4).unwrap();
+    let p0 = e.ids.iter().position(|&id| id == t.image_id()).unwrap() as u32;
+    assert_eq!(e.image_positions, (p0..p0 + 4).collect::<Vec<_>>());
+    assert!(e.ids[0] != t.bos_id());
+    assert_eq!(t.decode(&e.ids, false).unwrap(), "User: <image_placeholder><image_placeholder><image_placeholder><image_placeholder>and this?\n\nAssistant:");
+}
