@@ -33,6 +33,10 @@ pub enum Error {
     DeviceLost(String),
     #[error("shader {shader}: {message}")]
     Shader { shader: String, message: String },
+    #[error("tokenizer {what}: {message}")]
+    Tokenizer { what: String, message: String },
+    #[error("prompt: {0}")]
+    Prompt(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

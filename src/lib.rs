@@ -7,6 +7,8 @@ pub mod error;
 pub mod gpu;
 pub mod ops;
 pub mod check;
+pub mod prompt;
+pub mod text;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 
