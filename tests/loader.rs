@@ -469,3 +469,30 @@ fn bad_config_values_name_the_key() {
     let e = ModelConfig::from_dir_files(b"\xff\xfe", None, None).err().unwrap().to_string();
     assert!(e.starts_with("config.json: config key `(top level)`: invalid JSON"), "{e}");
 }
+
+/// The HF-generated fixtures (tests/fixtures/dsvl/*, made by the fixture generator with
+/// transformers): each folder's config and every tensor it uses must load. Skipped, with a
+/// message, while those fixtures are not in this checkout. DSVL_FIXTURES overrides the folder.
+#[test]
+fn generated_fixtures_load() {
+    let root = std::env::var("DSVL_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dsvl"));
+    let gpu = common::gpu();
+    let mut seen = 0;
+    for name in ["tiny-orig", "tiny-hf", "vocab-orig"] {
+        let dir = root.join(name);
+        let Ok(config) = std::fs::read(dir.join("config.json")) else { continue };
+        let pre = std::fs::read(dir.join("preprocessor_config.json")).ok();
+        let pro = std::fs::read(dir.join("processor_config.json")).ok();
+        let cfg = ModelConfig::from_dir_files(&config, pre.as_deref(), pro.as_deref()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let src = TensorSource::open_dir(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut last = (0, 1);
+        let w = pollster::block_on(load_weights(gpu, &cfg, &src, DType::F32, DType::F32, &mut |d, t| last = (d, t))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(last.0, last.1);
+        assert_eq!((w.vision.blocks.len(), w.llm.layers.len(), w.llm.lm_head.rows), (cfg.vision.layers, cfg.llm.layers, cfg.llm.vocab));
+        eprintln!("{name}: {:?} layout, vision {}x{} ({} tokens), llm {}x{} vocab {}, {} bytes", cfg.layout, cfg.vision.layers, cfg.vision.width, cfg.num_image_tokens, cfg.llm.layers, cfg.llm.hidden, cfg.llm.vocab, last.1);
+        seen += 1;
+    }
+    if seen == 0 {
+        eprintln!("generated_fixtures_load: no fixtures under {}; skipped", root.display());
+    }
+}
