@@ -39,6 +39,14 @@ pub enum Error {
     Prompt(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("{file}: config key `{key}`: {message}")]
+    Config { file: String, key: String, message: String },
+    #[error("{file}: {message}")]
+    Safetensors { file: String, message: String },
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Weight { file: String, tensor: String, message: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gpu;
 pub mod ops;
 pub mod check;
+pub mod model;
 pub mod prompt;
 pub mod text;
 #[cfg(not(target_arch = "wasm32"))]
