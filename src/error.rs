@@ -33,8 +33,20 @@ pub enum Error {
     DeviceLost(String),
     #[error("shader {shader}: {message}")]
     Shader { shader: String, message: String },
+    #[error("tokenizer {what}: {message}")]
+    Tokenizer { what: String, message: String },
+    #[error("prompt: {0}")]
+    Prompt(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("{file}: config key `{key}`: {message}")]
+    Config { file: String, key: String, message: String },
+    #[error("{file}: {message}")]
+    Safetensors { file: String, message: String },
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Weight { file: String, tensor: String, message: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,6 +9,8 @@ pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod check;
+pub mod prompt;
+pub mod text;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 

@@ -1,5 +1,13 @@
+//! The DeepSeek-VL model: configuration, checkpoint reading, weight loading and the graph
+//! (vision tower, aligner, decoder, the whole model).
+
 pub mod config;
-pub mod weights;
-pub mod siglip;
 pub mod llama;
+pub mod safetensors;
+pub mod siglip;
 pub mod vlm;
+pub mod weights;
+
+pub use config::{AlignerConfig, Layout, LlmConfig, ModelConfig, VisionConfig};
+pub use safetensors::{TensorInfo, TensorSource};
+pub use weights::{load_weights, Weights};
