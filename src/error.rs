@@ -33,6 +33,10 @@ pub enum Error {
     DeviceLost(String),
     #[error("shader {shader}: {message}")]
     Shader { shader: String, message: String },
+    #[error("image ({what}): {detail}")]
+    Image { what: &'static str, detail: String },
+    #[error("image of {width}x{height} pixels exceeds the limit of {limit} pixels")]
+    ImageTooLarge { width: u64, height: u64, limit: u64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

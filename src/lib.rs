@@ -7,6 +7,7 @@ pub mod error;
 pub mod gpu;
 pub mod ops;
 pub mod check;
+pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 

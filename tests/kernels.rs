@@ -36,6 +36,7 @@ kernel_tests!(
     check_decode_replay,
     check_bandwidth_probes,
     check_convert,
+    check_channel_affine,
 );
 
 #[test]

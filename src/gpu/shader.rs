@@ -23,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("sample", include_str!("../../shaders/sample.wgsl")),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("convert", include_str!("../../shaders/convert.wgsl")),
+    ("normalise", include_str!("../../shaders/normalise.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

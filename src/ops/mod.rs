@@ -10,6 +10,7 @@ pub mod embedding;
 pub mod interp;
 pub mod matmul;
 pub mod norm;
+pub mod normalise;
 pub mod rope;
 pub mod sample;
 
@@ -29,6 +30,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     sample::CHECKS,
     bandwidth::CHECKS,
     convert::CHECKS,
+    normalise::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -123,6 +125,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(sample::variants());
     v.extend(bandwidth::variants());
     v.extend(convert::variants());
+    v.extend(normalise::variants());
     v
 }
 
@@ -150,5 +153,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<sample::SampleParams>("sample"),
         layout_of::<bandwidth::BwParams>("bandwidth"),
         layout_of::<convert::ConvertParams>("convert"),
+        layout_of::<normalise::NormaliseParams>("normalise"),
     ]
 }
