@@ -3,7 +3,7 @@
 //!
 //! 1. decode (PNG, JPEG, WebP, GIF's first frame, BMP) and `convert('RGB')`: alpha dropped, not
 //!    composited; grey replicated; palettes expanded; 16-bit samples as Pillow opens them
-//!    (RGB/RGBA/LA: the high byte; grey, which Pillow opens as `I;16`: clipped at 255);
+//!    (RGB, RGBA, grey+alpha: the high byte; grey, which Pillow opens as `I;16`: clipped at 255);
 //! 2. `m = max(w, h)`, size `(max(int(h / m * S), 14), max(int(w / m * S), 14))` (height, width);
 //! 3. `Image.resize(..., BICUBIC)` (antialiased) on the GPU, bit for bit with Pillow
 //!    (`ops::interp::resize_bicubic`, `ResizeMode::Pil8`), written straight into the padded
