@@ -177,7 +177,7 @@ fn to_rgb8_like_pil(img: ::image::DynamicImage) -> Result<RgbImage8> {
         D::ImageLuma8(_) | D::ImageLumaA8(_) | D::ImageRgb8(_) | D::ImageRgba8(_) => img.to_rgb8().into_raw(),
         // Pillow opens 16-bit grey as I;16; I;16 -> RGB clips at 255 (no scaling).
         D::ImageLuma16(b) => b.into_raw().iter().flat_map(|&v| [v.min(255) as u8; 3]).collect(),
-        // 16-bit LA/RGB/RGBA open as LA/RGB/RGBA through the ";16B" raw modes: the high byte.
+        // 16-bit grey+alpha/RGB/RGBA: Pillow keeps the high byte of each sample (";16B" raw modes).
         D::ImageLumaA16(b) => b.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect(),
         D::ImageRgb16(b) => b.into_raw().iter().map(|&v| (v >> 8) as u8).collect(),
         D::ImageRgba16(b) => b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]].map(|v| (v >> 8) as u8)).collect(),
