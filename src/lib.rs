@@ -10,6 +10,7 @@ pub mod check;
 pub mod model;
 pub mod prompt;
 pub mod text;
+pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 

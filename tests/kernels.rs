@@ -37,6 +37,7 @@ kernel_tests!(
     check_bandwidth_probes,
     check_convert,
     check_patchify,
+    check_channel_affine,
 );
 
 #[test]

@@ -24,6 +24,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("convert", include_str!("../../shaders/convert.wgsl")),
     ("patchify", include_str!("../../shaders/patchify.wgsl")),
+    ("normalise", include_str!("../../shaders/normalise.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

@@ -11,6 +11,7 @@ pub mod interp;
 pub mod matmul;
 pub mod norm;
 pub mod patchify;
+pub mod normalise;
 pub mod rope;
 pub mod sample;
 
@@ -31,6 +32,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     bandwidth::CHECKS,
     convert::CHECKS,
     patchify::CHECKS,
+    normalise::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -126,6 +128,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(bandwidth::variants());
     v.extend(convert::variants());
     v.extend(patchify::variants());
+    v.extend(normalise::variants());
     v
 }
 
@@ -154,5 +157,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<bandwidth::BwParams>("bandwidth"),
         layout_of::<convert::ConvertParams>("convert"),
         layout_of::<patchify::PatchParams>("patchify"),
+        layout_of::<normalise::NormaliseParams>("normalise"),
     ]
 }
