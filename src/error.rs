@@ -37,6 +37,10 @@ pub enum Error {
     Tokenizer { what: String, message: String },
     #[error("prompt: {0}")]
     Prompt(String),
+    #[error("image ({what}): {detail}")]
+    Image { what: &'static str, detail: String },
+    #[error("image of {width}x{height} pixels exceeds the limit of {limit} pixels")]
+    ImageTooLarge { width: u64, height: u64, limit: u64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("{file}: config key `{key}`: {message}")]

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod check;
 pub mod prompt;
 pub mod text;
+pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 

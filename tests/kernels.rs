@@ -38,6 +38,7 @@ kernel_tests!(
     check_convert,
     check_patchify,
     check_kv_write,
+    check_channel_affine,
 );
 
 #[test]

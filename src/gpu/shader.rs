@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("convert", include_str!("../../shaders/convert.wgsl")),
     ("patchify", include_str!("../../shaders/patchify.wgsl")),
     ("kv", include_str!("../../shaders/kv.wgsl")),
+    ("normalise", include_str!("../../shaders/normalise.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

@@ -12,6 +12,7 @@ pub mod kv;
 pub mod matmul;
 pub mod norm;
 pub mod patchify;
+pub mod normalise;
 pub mod rope;
 pub mod sample;
 
@@ -33,6 +34,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     convert::CHECKS,
     patchify::CHECKS,
     kv::CHECKS,
+    normalise::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -129,6 +131,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(convert::variants());
     v.extend(patchify::variants());
     v.extend(kv::variants());
+    v.extend(normalise::variants());
     v
 }
 
@@ -158,5 +161,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<convert::ConvertParams>("convert"),
         layout_of::<patchify::PatchParams>("patchify"),
         layout_of::<kv::KvParams>("kv"),
+        layout_of::<normalise::NormaliseParams>("normalise"),
     ]
 }
