@@ -1,5 +1,6 @@
-//! The `dsvl-gpu` command line. Until the model lands, `info`, `selftest-kernels` and
-//! `bench-ops` are what it does.
+//! The `dsvl-gpu` command line.
+
+mod run;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Ask about images with a model folder; the answer streams to stdout.
+    Run(run::RunArgs),
     /// List adapters and print the chosen one's backend, features and limits.
     Info,
     /// Run every kernel check on this GPU against CPU f64 references.
@@ -63,6 +66,7 @@ fn run() -> Result<()> {
     opts.disable_f16 |= cli.no_f16;
     let open = || pollster::block_on(Gpu::new(&opts)).context("opening the GPU");
     match cli.cmd {
+        Cmd::Run(args) => run::run(&open()?, args)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());
             println!("adapters:");

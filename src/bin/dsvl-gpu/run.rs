@@ -1,0 +1,171 @@
+//! `dsvl-gpu run`: load a model folder, ask about images, stream the answer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use dsvl_gpu::generate::GenerateOptions;
+use dsvl_gpu::gpu::{DType, Gpu};
+use dsvl_gpu::image::{decode_rgb, preprocess, DecodeLimits, ImageConfig};
+use dsvl_gpu::model::config::ModelConfig;
+use dsvl_gpu::model::llama::LogitRows;
+use dsvl_gpu::model::safetensors::TensorSource;
+use dsvl_gpu::model::vlm::Model;
+use dsvl_gpu::model::weights::load_weights;
+use dsvl_gpu::ops::sample::Sampling;
+use dsvl_gpu::prompt::{encode, Conversation, PromptTokenizer, DEFAULT_SYSTEM_PROMPT, STOP_STRING};
+use dsvl_gpu::text::TextStream;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A model folder (config.json, model.safetensors or an index + shards, tokenizer.json, ...).
+    #[arg(long)]
+    pub model: String,
+    /// An image to ask about (repeat for several; PNG, JPEG, WebP, GIF, BMP).
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    #[arg(long)]
+    pub prompt: String,
+    /// System prompt (default: DeepSeek-VL's).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u32,
+    /// Weights and activations: f32 (the parity path) or f16 (f16 weights; f16 activations where the adapter has SHADER_F16).
+    #[arg(long, default_value = "f16")]
+    pub quant: String,
+    /// Print one JSON object at the end (text, ids, prompt tokens, timings, adapter).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the next-token logits after the prompt as a little-endian f32 .npy of shape [vocab].
+    #[arg(long)]
+    pub dump_logits: Option<PathBuf>,
+}
+
+fn read_opt(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let p = dir.join(name);
+    if p.exists() { Ok(Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)) } else { Ok(None) }
+}
+
+/// A little-endian f32 .npy of shape [n].
+fn write_npy(path: &Path, v: &[f32]) -> Result<()> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", v.len());
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + v.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let dir = PathBuf::from(&a.model);
+    if !dir.is_dir() {
+        bail!("model {}: not a folder (downloading from the hub is not implemented yet; pass a local model folder)", a.model);
+    }
+    let (wdtype, act) = match a.quant.as_str() {
+        "f32" => (DType::F32, DType::F32),
+        "f16" => (DType::F16, if gpu.caps.f16 { DType::F16 } else { DType::F32 }),
+        q => bail!("--quant {q}: supported are f32 and f16"),
+    };
+    let config = std::fs::read(dir.join("config.json")).with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    let cfg = ModelConfig::from_dir_files(&config, read_opt(&dir, "preprocessor_config.json")?.as_deref(), read_opt(&dir, "processor_config.json")?.as_deref())?;
+    let tok = PromptTokenizer::from_dir(&dir)?;
+    let source = TensorSource::open_dir(&dir)?;
+    let mut last = 0u64;
+    let weights = pollster::block_on(load_weights(gpu, &cfg, &source, wdtype, act, &mut |done, total| {
+        if !a.json && (done == total || done - last > total / 50) {
+            last = done;
+            eprint!("\rloading weights: {:>5.1}% of {:.1} MB", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6);
+            if done == total {
+                eprintln!();
+            }
+        }
+    }))?;
+    let t_load = t0.elapsed();
+
+    let mut conv = Conversation::with_system(a.system.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string()));
+    conv.user(a.prompt.clone(), a.images.len());
+    let enc = encode(&tok, &conv, cfg.num_image_tokens)?;
+    let icfg = ImageConfig { size: cfg.vision.image_size, mean: cfg.vision.image_mean, std: cfg.vision.image_std, ..ImageConfig::deepseek_vl(cfg.vision.image_size) };
+    let t1 = Instant::now();
+    let mut pixels = Vec::new();
+    for p in &a.images {
+        let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;
+        let img = decode_rgb(&bytes, &DecodeLimits::default()).with_context(|| format!("image {}", p.display()))?;
+        pixels.push(pollster::block_on(preprocess(gpu, &icfg, &img))?);
+    }
+    let t_pre = t1.elapsed();
+    let model = Model::new(gpu, cfg, weights, act)?;
+    if let Some(path) = &a.dump_logits {
+        let logits = pollster::block_on(model.prefill_logits(gpu, &enc.ids, tok.image_id(), &pixels, LogitRows::Last))?;
+        write_npy(path, &logits)?;
+    }
+    let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, repetition_penalty: a.repetition_penalty, seed: a.seed, top_p_within_top_k: false };
+    let opts = GenerateOptions { sampling, max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
+    let mut stream = TextStream::new(&tok, &[STOP_STRING]);
+    let mut text = String::new();
+    let mut err = None;
+    let mut first = None;
+    let t2 = Instant::now();
+    let stdout = std::io::stdout();
+    let ids = pollster::block_on(model.generate(gpu, &enc.ids, tok.image_id(), &pixels, &opts, &mut |id| {
+        first.get_or_insert_with(|| t2.elapsed());
+        match stream.push(id) {
+            Ok(c) => {
+                text.push_str(&c.text);
+                if !a.json {
+                    let mut o = stdout.lock();
+                    let _ = o.write_all(c.text.as_bytes());
+                    let _ = o.flush();
+                }
+                !c.stopped
+            }
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    }))?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let tail = stream.finish()?;
+    text.push_str(&tail.text);
+    let t_gen = t2.elapsed();
+    let first = first.unwrap_or(t_gen);
+    let decode_tps = if ids.len() > 1 { (ids.len() - 1) as f64 / (t_gen - first).as_secs_f64().max(1e-9) } else { 0.0 };
+    if a.json {
+        let v = serde_json::json!({
+            "text": text, "token_ids": ids, "prompt_tokens": enc.ids.len(),
+            "timings": { "load_s": t_load.as_secs_f64(), "preprocess_s": t_pre.as_secs_f64(), "first_token_s": first.as_secs_f64(), "decode_tok_s": decode_tps },
+            "adapter": gpu.adapter.to_string(), "quant": a.quant,
+        });
+        println!("{v}");
+    } else {
+        let mut o = stdout.lock();
+        let _ = o.write_all(tail.text.as_bytes());
+        let _ = writeln!(o);
+    }
+    Ok(())
+}
