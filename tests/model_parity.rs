@@ -9,7 +9,7 @@ mod npy;
 
 use std::path::{Path, PathBuf};
 
-use dsvl_gpu::generate::GenerateOptions;
+use dsvl_gpu::generate::{GenerateOptions, Session};
 use dsvl_gpu::gpu::{DType, Tensor};
 use dsvl_gpu::model::llama::LogitRows;
 use dsvl_gpu::model::config::ModelConfig;
@@ -114,4 +114,33 @@ fn real_vocabulary_fixture_matches_hf() {
 fn f16_weights_and_activations_stay_close() {
     // f16 rounds weights and every activation: the bound at the real shapes is 2e-2.
     run_fixture_as("tiny-orig", DType::F16, 2e-2);
+}
+
+/// A chat session keeps its KV cache: answering the multi-turn prompt after its first turn
+/// prefills only the new part, and still produces HF's greedy continuation.
+#[test]
+fn session_reuses_the_cache_across_turns() {
+    let gpu = common::gpu();
+    let dir = fixture("tiny-orig");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    let model = load(&dir, DType::F32);
+    let eos = meta["eos_id"].as_u64().unwrap() as u32;
+    let image_token = meta["image_token_id"].as_u64().unwrap() as u32;
+    let case = meta["cases"].as_array().unwrap().iter().find(|c| c["name"] == "multi_turn").unwrap();
+    let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let s = model.cfg.vision.image_size;
+    let (shape, px) = read_f32(&dir.join(case["pixel_values"].as_str().unwrap()));
+    let images: Vec<Tensor> = (0..shape[0]).map(|i| Tensor::from_f32(gpu, &[3, s, s], DType::F32, &px[i * 3 * s * s..(i + 1) * 3 * s * s]).unwrap()).collect();
+    // The first turn ends at the first EOS (the end of the first answer).
+    let first_turn = ids.iter().position(|&t| t == eos).expect("multi_turn has an answer ending in EOS");
+    let want: Vec<u32> = case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let opts = |n| GenerateOptions { sampling: Default::default(), max_new_tokens: n, eos: None };
+    let mut session = Session::new(&model, gpu, ids.len() + want.len()).unwrap();
+    let first_images = images.iter().take(ids[..first_turn].iter().filter(|&&t| t == image_token).count() / model.cfg.num_image_tokens).cloned().collect::<Vec<_>>();
+    pollster::block_on(session.respond(gpu, &ids[..first_turn], image_token, &first_images, &opts(1), &mut |_| true)).unwrap();
+    assert_eq!(session.prefilled_tokens(), first_turn);
+    let got = pollster::block_on(session.respond(gpu, &ids, image_token, &images, &opts(want.len()), &mut |_| true)).unwrap();
+    assert!(session.prefilled_tokens() <= ids.len() - first_turn, "prefilled {} of {} tokens", session.prefilled_tokens(), ids.len());
+    assert_eq!(got, want, "greedy continuation after reusing the cache");
+    assert_eq!(session.cached_tokens(), ids.len() + want.len() - 1);
 }
