@@ -1,5 +1,6 @@
 //! The `dsvl-gpu` command line.
 
+mod chat;
 mod run;
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,8 @@ struct Cli {
 enum Cmd {
     /// Ask about images with a model folder; the answer streams to stdout.
     Run(run::RunArgs),
+    /// Interactive multi-turn chat on stdin; `/image PATH` attaches an image to the next message.
+    Chat(run::RunArgs),
     /// List adapters and print the chosen one's backend, features and limits.
     Info,
     /// Run every kernel check on this GPU against CPU f64 references.
@@ -67,6 +70,7 @@ fn run() -> Result<()> {
     let open = || pollster::block_on(Gpu::new(&opts)).context("opening the GPU");
     match cli.cmd {
         Cmd::Run(args) => run::run(&open()?, args)?,
+        Cmd::Chat(args) => chat::chat(&open()?, args)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());
             println!("adapters:");

@@ -25,13 +25,17 @@ pub struct RunArgs {
     /// An image to ask about (repeat for several; PNG, JPEG, WebP, GIF, BMP).
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
+    /// The question (required by `run`; `chat` reads its messages from stdin).
     #[arg(long)]
-    pub prompt: String,
+    pub prompt: Option<String>,
     /// System prompt (default: DeepSeek-VL's).
     #[arg(long)]
     pub system: Option<String>,
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// `chat`: tokens of context the KV cache holds (capped by the model's maximum).
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
@@ -77,13 +81,19 @@ fn write_npy(path: &Path, v: &[f32]) -> Result<()> {
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
-    let t0 = Instant::now();
-    let dir = PathBuf::from(&a.model);
+/// A model and its tokenizer, ready to answer.
+pub struct Loaded {
+    pub model: Model,
+    pub tok: PromptTokenizer,
+}
+
+/// Loads a model folder with `quant` (f32 | f16), showing progress on stderr unless `quiet`.
+pub fn load_model(gpu: &Gpu, model_arg: &str, quant: &str, quiet: bool) -> Result<Loaded> {
+    let dir = PathBuf::from(model_arg);
     if !dir.is_dir() {
-        bail!("model {}: not a folder (downloading from the hub is not implemented yet; pass a local model folder)", a.model);
+        bail!("model {model_arg}: not a folder (downloading from the hub is not implemented yet; pass a local model folder)");
     }
-    let (wdtype, act) = match a.quant.as_str() {
+    let (wdtype, act) = match quant {
         "f32" => (DType::F32, DType::F32),
         "f16" => (DType::F16, if gpu.caps.f16 { DType::F16 } else { DType::F32 }),
         q => bail!("--quant {q}: supported are f32 and f16"),
@@ -94,7 +104,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
     let source = TensorSource::open_dir(&dir)?;
     let mut last = 0u64;
     let weights = pollster::block_on(load_weights(gpu, &cfg, &source, wdtype, act, &mut |done, total| {
-        if !a.json && (done == total || done - last > total / 50) {
+        if !quiet && (done == total || done - last > total / 50) {
             last = done;
             eprint!("\rloading weights: {:>5.1}% of {:.1} MB", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6);
             if done == total {
@@ -102,27 +112,43 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
             }
         }
     }))?;
+    Ok(Loaded { model: Model::new(gpu, cfg, weights, act)?, tok })
+}
+
+/// Decodes and preprocesses one image file for `model`.
+pub fn load_image(gpu: &Gpu, model: &Model, path: &Path) -> Result<dsvl_gpu::Tensor> {
+    let v = &model.cfg.vision;
+    let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
+    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+    let img = decode_rgb(&bytes, &DecodeLimits::default()).with_context(|| format!("image {}", path.display()))?;
+    Ok(pollster::block_on(preprocess(gpu, &icfg, &img))?)
+}
+
+/// Sampling settings from the command line.
+pub fn sampling_of(a: &RunArgs) -> Sampling {
+    Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, repetition_penalty: a.repetition_penalty, seed: a.seed, top_p_within_top_k: false }
+}
+
+pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
+    let Some(prompt) = a.prompt.clone() else {
+        bail!("--prompt is required (or use `dsvl-gpu chat` for an interactive conversation)");
+    };
+    let t0 = Instant::now();
+    let Loaded { model, tok } = load_model(gpu, &a.model, &a.quant, a.json)?;
+    let cfg = &model.cfg;
     let t_load = t0.elapsed();
 
     let mut conv = Conversation::with_system(a.system.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string()));
-    conv.user(a.prompt.clone(), a.images.len());
+    conv.user(prompt, a.images.len());
     let enc = encode(&tok, &conv, cfg.num_image_tokens)?;
-    let icfg = ImageConfig { size: cfg.vision.image_size, mean: cfg.vision.image_mean, std: cfg.vision.image_std, ..ImageConfig::deepseek_vl(cfg.vision.image_size) };
     let t1 = Instant::now();
-    let mut pixels = Vec::new();
-    for p in &a.images {
-        let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;
-        let img = decode_rgb(&bytes, &DecodeLimits::default()).with_context(|| format!("image {}", p.display()))?;
-        pixels.push(pollster::block_on(preprocess(gpu, &icfg, &img))?);
-    }
+    let pixels = a.images.iter().map(|p| load_image(gpu, &model, p)).collect::<Result<Vec<_>>>()?;
     let t_pre = t1.elapsed();
-    let model = Model::new(gpu, cfg, weights, act)?;
     if let Some(path) = &a.dump_logits {
         let logits = pollster::block_on(model.prefill_logits(gpu, &enc.ids, tok.image_id(), &pixels, LogitRows::Last))?;
         write_npy(path, &logits)?;
     }
-    let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, repetition_penalty: a.repetition_penalty, seed: a.seed, top_p_within_top_k: false };
-    let opts = GenerateOptions { sampling, max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
+    let opts = GenerateOptions { sampling: sampling_of(&a), max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
     let mut stream = TextStream::new(&tok, &[STOP_STRING]);
     let mut text = String::new();
     let mut err = None;
