@@ -24,7 +24,7 @@ pub fn chat(gpu: &Gpu, a: RunArgs) -> Result<()> {
     // Pixels of every image in the conversation, in order; and per message, how many it has.
     let mut pixels: Vec<Tensor> = Vec::new();
     let mut pending: Vec<Tensor> = a.images.iter().map(|p| load_image(gpu, &model, p)).collect::<Result<_>>()?;
-    let opts = GenerateOptions { sampling: sampling_of(&a), max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
+    let opts = GenerateOptions { sampling: sampling_of(&a)?, max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
     if a.max_new_tokens >= capacity {
         bail!("--max-new-tokens {} leaves no room for a prompt in the context of {capacity}", a.max_new_tokens);
     }

@@ -124,9 +124,20 @@ pub fn load_image(gpu: &Gpu, model: &Model, path: &Path) -> Result<dsvl_gpu::Ten
     Ok(pollster::block_on(preprocess(gpu, &icfg, &img))?)
 }
 
-/// Sampling settings from the command line.
-pub fn sampling_of(a: &RunArgs) -> Sampling {
-    Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, repetition_penalty: a.repetition_penalty, seed: a.seed, top_p_within_top_k: false }
+/// Sampling settings from the command line, with HF's ranges.
+pub fn sampling_of(a: &RunArgs) -> Result<Sampling> {
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p {}: must be in (0, 1]", a.top_p);
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature {}: must be >= 0 (0 = greedy)", a.temperature);
+    }
+    if !(a.repetition_penalty > 0.0 && a.repetition_penalty.is_finite()) {
+        bail!("--repetition-penalty {}: must be > 0 (1 = off)", a.repetition_penalty);
+    }
+    let s = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, repetition_penalty: a.repetition_penalty, seed: a.seed, top_p_within_top_k: false };
+    s.validate()?;
+    Ok(s)
 }
 
 pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
@@ -148,7 +159,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
         let logits = pollster::block_on(model.prefill_logits(gpu, &enc.ids, tok.image_id(), &pixels, LogitRows::Last))?;
         write_npy(path, &logits)?;
     }
-    let opts = GenerateOptions { sampling: sampling_of(&a), max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
+    let opts = GenerateOptions { sampling: sampling_of(&a)?, max_new_tokens: a.max_new_tokens, eos: Some(tok.eos_id()) };
     let mut stream = TextStream::new(&tok, &[STOP_STRING]);
     let mut text = String::new();
     let mut err = None;

@@ -1,0 +1,76 @@
+//! The command line, end to end: `dsvl-gpu run` on a committed fixture model (image decoding,
+//! GPU preprocessing, the model, sampling) against HF transformers' numbers for the same prompt
+//! and image; and bad inputs giving one line on stderr and a non-zero exit, never a panic.
+
+#[path = "common/npy.rs"]
+mod npy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn dsvl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dsvl-gpu")).args(args).env("NODEVICE_SELECT", "1").current_dir(root()).output().expect("run dsvl-gpu")
+}
+
+#[test]
+fn run_matches_hf_from_the_image_file() {
+    let fx = "tests/fixtures/dsvl/tiny-orig";
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join(fx).join("cases.json")).unwrap()).unwrap();
+    let case = meta["cases"].as_array().unwrap().iter().find(|c| c["name"] == "one_image").unwrap();
+    let dump = std::env::temp_dir().join(format!("dsvl-cli-logits-{}.npy", std::process::id()));
+    let out = dsvl(&[
+        "run", "--model", fx, "--image", "tests/fixtures/dsvl/images/wide.png", "--prompt", "Describe this image.",
+        "--quant", "f32", "--max-new-tokens", "8", "--json", "--dump-logits", dump.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["prompt_tokens"].as_u64().unwrap() as usize, case["input_ids"].as_array().unwrap().len());
+    // Logits from the image file (our decoder + preprocessing) vs HF on PIL's pixels.
+    let got = npy::Npy::read(&dump).unwrap();
+    assert_eq!(got.shape, vec![meta["vocab_size"].as_u64().unwrap() as usize]);
+    let got = got.f32().unwrap();
+    let want = npy::Npy::read(root().join(fx).join(case["logits_last"].as_str().unwrap())).unwrap().f32().unwrap();
+    let num: f64 = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+    let err = (num / den).sqrt();
+    assert!(err <= 1e-3, "logits rel L2 {err:.3e}");
+    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let want_ids: Vec<u64> = case["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids, want_ids, "greedy ids");
+    for key in ["load_s", "preprocess_s", "first_token_s", "decode_tok_s"] {
+        assert!(v["timings"][key].as_f64().is_some(), "timings.{key} missing: {v}");
+    }
+    std::fs::remove_file(dump).ok();
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    let fx = "tests/fixtures/dsvl/tiny-orig";
+    let bad_image = std::env::temp_dir().join(format!("dsvl-cli-bad-{}.png", std::process::id()));
+    std::fs::write(&bad_image, b"not an image").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--model", "/no/such/model", "--prompt", "hi"], "not a folder"),
+        (vec!["run", "--model", fx, "--prompt", "hi", "--image", "/no/such.png"], "reading image"),
+        (vec!["run", "--model", fx, "--prompt", "hi", "--image", bad_image.to_str().unwrap()], "unrecognised format"),
+        (vec!["run", "--model", fx, "--prompt", "<image_placeholder> what"], "placeholder"),
+        (vec!["run", "--model", fx, "--prompt", "hi", "--max-new-tokens", "100000"], "exceeds the context"),
+        (vec!["run", "--model", fx, "--prompt", "hi", "--quant", "q3"], "--quant"),
+        (vec!["run", "--model", fx, "--prompt", "hi", "--top-p", "1.5"], "--top-p"),
+        (vec!["run", "--model", fx, "--prompt", "hi", "--top-k", "100000"], "top"),
+        (vec!["run", "--model", fx], "--prompt is required"),
+        (vec!["run", "--model", "tests/fixtures/dsvl/images", "--prompt", "hi"], "config.json"),
+    ];
+    for (args, needle) in cases {
+        let out = dsvl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.trim_end().rsplit(['\n', '\r']).next().unwrap_or("");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(last.starts_with("error: ") && last.contains(needle), "{args:?}: last stderr line {last:?} lacks {needle:?}");
+    }
+    std::fs::remove_file(bad_image).ok();
+}
