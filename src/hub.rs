@@ -8,7 +8,8 @@
 //!
 //! Differences from `huggingface_hub`, chosen for a multi-GB model: a revision whose snapshot is already complete in the cache
 //! is used without any request (delete `refs/{revision}` to pick up a newer commit); only the files the model needs are fetched.
-//! Interrupted downloads resume from `blobs/{etag}.incomplete` with an HTTP Range request; a finished blob is checked against
+//! Interrupted downloads resume from `blobs/{etag}.incomplete` with an HTTP Range request (automatically, up to
+//! `HubConfig::retries` times, then on the next run); a finished blob is checked against
 //! its size and, when the etag is a sha256 (LFS files), against its sha256, then renamed into place atomically.
 
 use std::fs;
@@ -33,6 +34,8 @@ pub struct HubConfig {
     pub token: Option<String>,
     /// Never use the network (`HF_HUB_OFFLINE=1`).
     pub offline: bool,
+    /// How many times an interrupted transfer is resumed automatically before giving up (`from_env`: 3).
+    pub retries: u32,
 }
 
 impl HubConfig {
@@ -49,7 +52,7 @@ impl HubConfig {
             PathBuf::from(home).join(".cache").join("huggingface").join("hub")
         };
         let offline = var("HF_HUB_OFFLINE").is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
-        Ok(HubConfig { endpoint, cache, token: var("HF_TOKEN"), offline })
+        Ok(HubConfig { endpoint, cache, token: var("HF_TOKEN"), offline, retries: 3 })
     }
 }
 
@@ -317,13 +320,21 @@ impl Hub<'_> {
         let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), message: e.to_string() };
         fs::create_dir_all(root.join("blobs")).map_err(|e| io(&root.join("blobs"), e))?;
         if !blob.is_file() {
-            self.download_blob(&blob, &etag, size, location.as_deref().unwrap_or(&url), location.is_none(), file, progress)?;
+            let mut attempt = 0;
+            // `Some(message)`: the transfer broke off; the bytes so far stay in `.incomplete` and the next attempt resumes.
+            while let Some(message) = self.download_blob(&blob, &etag, size, location.as_deref().unwrap_or(&url), location.is_none(), file, progress)? {
+                if attempt >= self.cfg.retries {
+                    return Err(self.err(format!("{message}; run again to resume")));
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
+            }
         }
         link(&blob, &pointer, file).map_err(|e| io(&pointer, e))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn download_blob(&self, blob: &Path, etag: &str, size: Option<u64>, url: &str, auth: bool, file: &str, progress: &mut dyn FnMut(&Progress)) -> Result<()> {
+    fn download_blob(&self, blob: &Path, etag: &str, size: Option<u64>, url: &str, auth: bool, file: &str, progress: &mut dyn FnMut(&Progress)) -> Result<Option<String>> {
         let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), message: e.to_string() };
         let part = blob.with_file_name(format!("{etag}.incomplete"));
         let mut have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
@@ -370,7 +381,7 @@ impl Hub<'_> {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         let _ = out.flush();
-                        return Err(self.err(format!("{file}: download interrupted after {done} of {total} bytes ({e}); run again to resume")));
+                        return Ok(Some(format!("{file}: download interrupted after {done} of {total} bytes ({e})")));
                     }
                 };
                 if size.is_some_and(|s| done + n as u64 > s) {
@@ -389,7 +400,7 @@ impl Hub<'_> {
         if let Some(s) = size
             && done != s
         {
-            return Err(self.err(format!("{file}: download interrupted after {done} of {s} bytes; run again to resume")));
+            return Ok(Some(format!("{file}: download interrupted after {done} of {s} bytes")));
         }
         if check_sha {
             let got = hex(&hasher.finish());
@@ -398,7 +409,8 @@ impl Hub<'_> {
                 return Err(self.err(format!("{file}: sha256 {got} does not match the server's {etag}; the partial download was removed")));
             }
         }
-        fs::rename(&part, blob).map_err(|e| io(blob, e))
+        fs::rename(&part, blob).map_err(|e| io(blob, e))?;
+        Ok(None)
     }
 }
 

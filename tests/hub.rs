@@ -173,7 +173,7 @@ fn temp_cache(name: &str) -> PathBuf {
 }
 
 fn config(endpoint: &str, cache: &Path) -> HubConfig {
-    HubConfig { endpoint: endpoint.to_string(), cache: cache.to_path_buf(), token: Some("secret".into()), offline: false }
+    HubConfig { endpoint: endpoint.to_string(), cache: cache.to_path_buf(), token: Some("secret".into()), offline: false, retries: 0 }
 }
 
 fn no_progress() -> impl FnMut(&dsvl_gpu::hub::Progress) {
@@ -256,7 +256,17 @@ fn download_resume_layout_and_cache_reuse() {
     let offline = HubConfig { offline: true, ..dead };
     assert_eq!(resolve_model_with("org/tiny", &offline, &mut no_progress()).unwrap(), snap);
 
-    // 6. A lost snapshot file is fetched again from the existing blob (HEAD only, no body).
+    // 6. With retries, a broken transfer resumes by itself within one call.
+    let auto = temp_cache("auto-resume");
+    let cfg_auto = HubConfig { retries: 1, ..config(&server.endpoint, &auto) };
+    *server.stats.drop_after.lock().unwrap() = Some(total / 3);
+    let before = server.stats.lfs_bytes.load(Ordering::SeqCst);
+    let snap_auto = resolve_model_with("org/tiny", &cfg_auto, &mut no_progress()).unwrap();
+    assert_eq!(server.stats.lfs_bytes.load(Ordering::SeqCst) - before, total, "a third, then the remaining two thirds");
+    assert_eq!(std::fs::read(snap_auto.join("model.safetensors")).unwrap(), model);
+    let _ = std::fs::remove_dir_all(&auto);
+
+    // 7. A lost snapshot file is fetched again from the existing blob (HEAD only, no body).
     std::fs::remove_file(snap.join("model.safetensors")).unwrap();
     let before = server.stats.lfs_bytes.load(Ordering::SeqCst);
     assert_eq!(resolve_model_with("org/tiny", &cfg, &mut no_progress()).unwrap(), snap);
