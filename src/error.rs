@@ -51,6 +51,10 @@ pub enum Error {
     Weight { file: String, tensor: String, message: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error("cannot reach {endpoint} to download {id}; pass a local folder or set HF_ENDPOINT")]
+    HubOffline { endpoint: String, id: String },
+    #[error("hub model {id}: {message}")]
+    Hub { id: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,6 +14,8 @@ pub mod text;
 pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
 
 #[cfg(feature = "web")]
 pub mod web;

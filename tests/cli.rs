@@ -53,7 +53,7 @@ fn bad_inputs_are_one_line_errors() {
     let bad_image = std::env::temp_dir().join(format!("dsvl-cli-bad-{}.png", std::process::id()));
     std::fs::write(&bad_image, b"not an image").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["run", "--model", "/no/such/model", "--prompt", "hi"], "not a folder"),
+        (vec!["run", "--model", "/no/such/model", "--prompt", "hi"], "neither a folder nor a hub id"),
         (vec!["run", "--model", fx, "--prompt", "hi", "--image", "/no/such.png"], "reading image"),
         (vec!["run", "--model", fx, "--prompt", "hi", "--image", bad_image.to_str().unwrap()], "unrecognised format"),
         (vec!["run", "--model", fx, "--prompt", "<image_placeholder> what"], "placeholder"),
@@ -73,4 +73,17 @@ fn bad_inputs_are_one_line_errors() {
         assert!(last.starts_with("error: ") && last.contains(needle), "{args:?}: last stderr line {last:?} lacks {needle:?}");
     }
     std::fs::remove_file(bad_image).ok();
+    // A hub id with the hub unreachable (nothing listens on port 9) and nothing cached.
+    let cache = std::env::temp_dir().join(format!("dsvl-cli-cache-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_dsvl-gpu"))
+        .args(["run", "--model", "someone/some-model", "--prompt", "hi"])
+        .env("NODEVICE_SELECT", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HUB_CACHE", &cache)
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot reach http://127.0.0.1:9 to download someone/some-model"), "{err}");
+    std::fs::remove_dir_all(cache).ok();
 }

@@ -19,8 +19,9 @@ use dsvl_gpu::text::TextStream;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// A model folder (config.json, model.safetensors or an index + shards, tokenizer.json, ...).
-    #[arg(long)]
+    /// A model folder (config.json, model.safetensors or an index + shards, tokenizer.json, ...) or a hub id
+    /// `org/name[@revision]`, downloaded once into the HF cache (HF_ENDPOINT, HF_HUB_CACHE/HF_HOME, HF_TOKEN, HF_HUB_OFFLINE).
+    #[arg(long, default_value = dsvl_gpu::hub::DEFAULT_MODEL)]
     pub model: String,
     /// An image to ask about (repeat for several; PNG, JPEG, WebP, GIF, BMP).
     #[arg(long = "image")]
@@ -81,6 +82,30 @@ fn write_npy(path: &Path, v: &[f32]) -> Result<()> {
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
+/// `--model`: a folder as is, else a hub id downloaded into the HF cache with a progress line on stderr.
+pub fn resolve_model(model: &str, quiet: bool) -> Result<PathBuf> {
+    let mut last = (String::new(), 0u64);
+    let dir = dsvl_gpu::hub::resolve_model(model, &mut |p| {
+        if quiet {
+            return;
+        }
+        let step = (p.total / 200).max(1 << 20);
+        if p.file != last.0 || p.done == p.total || p.done >= last.1 + step {
+            last = (p.file.to_string(), p.done);
+            let line = if p.total > 0 {
+                format!("downloading {model}: {} {:>5.1}% of {:.1} MB", p.file, 100.0 * p.done as f64 / p.total as f64, p.total as f64 / 1e6)
+            } else {
+                format!("downloading {model}: {} {:.1} MB", p.file, p.done as f64 / 1e6)
+            };
+            eprint!("\r{line:<100}");
+        }
+    });
+    if !quiet && !last.0.is_empty() {
+        eprintln!();
+    }
+    Ok(dir?)
+}
+
 /// A model and its tokenizer, ready to answer.
 pub struct Loaded {
     pub model: Model,
@@ -89,10 +114,7 @@ pub struct Loaded {
 
 /// Loads a model folder with `quant` (f32 | f16), showing progress on stderr unless `quiet`.
 pub fn load_model(gpu: &Gpu, model_arg: &str, quant: &str, quiet: bool) -> Result<Loaded> {
-    let dir = PathBuf::from(model_arg);
-    if !dir.is_dir() {
-        bail!("model {model_arg}: not a folder (downloading from the hub is not implemented yet; pass a local model folder)");
-    }
+    let dir = resolve_model(model_arg, quiet)?;
     let (wdtype, act) = match quant {
         "f32" => (DType::F32, DType::F32),
         "f16" => (DType::F16, if gpu.caps.f16 { DType::F16 } else { DType::F32 }),
