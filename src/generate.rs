@@ -77,10 +77,7 @@ impl<'m> Session<'m> {
             return Err(Error::Invalid("empty prompt".into()));
         }
         if m + opts.max_new_tokens > self.cache.capacity {
-            return Err(Error::Invalid(format!(
-                "prompt of {m} tokens + {} new tokens exceeds the context of {}",
-                opts.max_new_tokens, self.cache.capacity
-            )));
+            return Err(context_error(m, opts.max_new_tokens, self.cache.capacity));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
             return Err(Error::Invalid(format!("token id {bad} outside the vocabulary of {}", cfg.vocab)));
@@ -186,13 +183,12 @@ impl Model {
     ) -> Result<Vec<u32>> {
         let capacity = ids.len() + opts.max_new_tokens;
         if capacity > self.cfg.llm.max_positions {
-            return Err(Error::Invalid(format!(
-                "prompt of {} tokens + {} new tokens exceeds the context of {}",
-                ids.len(),
-                opts.max_new_tokens,
-                self.cfg.llm.max_positions
-            )));
+            return Err(context_error(ids.len(), opts.max_new_tokens, self.cfg.llm.max_positions));
         }
         Session::new(self, gpu, capacity.max(1))?.respond(gpu, ids, image_token, images, opts, on_token).await
     }
+}
+
+fn context_error(prompt: usize, new: usize, context: usize) -> Error {
+    Error::Invalid(format!("prompt of {prompt} tokens + {new} new tokens exceeds the context of {context}"))
 }
