@@ -87,3 +87,12 @@ fn bad_inputs_are_one_line_errors() {
     assert!(!out.status.success() && err.contains("cannot reach http://127.0.0.1:9 to download someone/some-model"), "{err}");
     std::fs::remove_dir_all(cache).ok();
 }
+
+#[test]
+fn selftest_passes_on_this_adapter() {
+    let out = dsvl(&["selftest"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l.starts_with("all ") && l.contains("checks passed")), "{stdout}");
+    assert!(stdout.contains("ok   model multi_turn (weights f32"), "{stdout}");
+}

@@ -2,6 +2,7 @@
 
 mod chat;
 mod run;
+mod selftest;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Cmd {
     Chat(run::RunArgs),
     /// List adapters and print the chosen one's backend, features and limits.
     Info,
+    /// Check this GPU: every kernel check, then a built-in small model against HF's logits.
+    Selftest,
     /// Run every kernel check on this GPU against CPU f64 references.
     SelftestKernels {
         /// Only checks whose name contains this.
@@ -71,6 +74,7 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Run(args) => run::run(&open()?, args)?,
         Cmd::Chat(args) => chat::chat(&open()?, args)?,
+        Cmd::Selftest => selftest::selftest(&open()?)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());
             println!("adapters:");
