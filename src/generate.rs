@@ -154,8 +154,10 @@ impl<'m> Session<'m> {
         let decode = rec.finish()?;
 
         let mut out = Vec::with_capacity(opts.max_new_tokens);
+        let staging = gpu.staging_buffer(4); // reused: nothing is allocated per token
         loop {
-            let id = gpu.read_u32(&token).await?[0];
+            let bytes = gpu.read_bytes_via(&staging, token.buffer(), token.offset(), 4).await?;
+            let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             out.push(id);
             if !on_token(id) || Some(id) == opts.eos || out.len() == opts.max_new_tokens {
                 break;

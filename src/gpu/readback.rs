@@ -7,21 +7,38 @@ use crate::gpu::{Gpu, Tensor};
 impl Gpu {
     /// Copies `bytes` bytes of `src` starting at `offset` into host memory.
     pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.staging_buffer(bytes);
+        self.read_bytes_via(&staging, src, offset, bytes).await
+    }
+
+    /// A MAP_READ buffer for `read_bytes_via`, kept by callers that read back every step (the
+    /// decode loop) so nothing is allocated per token.
+    pub fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.div_ceil(4).max(1) * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// As `read_bytes`, through a caller-owned staging buffer of at least `bytes` (rounded up to 4).
+    pub async fn read_bytes_via(&self, staging: &wgpu::Buffer, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.div_ceil(4) * 4;
         if size == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        if staging.size() < size {
+            return Err(Error::Readback(format!("staging buffer of {} bytes for a {size}-byte read", staging.size())));
+        }
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
-        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
+        enc.copy_buffer_to_buffer(src, offset, staging, 0, size);
         self.submit_checked("read-back copy", enc.finish()).await?;
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
@@ -32,7 +49,7 @@ impl Gpu {
             .map_err(|_| Error::Readback("the map callback was dropped (device lost?)".into()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
         let out = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.get_mapped_range(..size).map_err(|e| Error::Readback(e.to_string()))?;
             view[..bytes as usize].to_vec()
         };
         staging.unmap();
