@@ -4,6 +4,7 @@
 //! recorded decode step per token. The sampled id stays on the GPU (the next step embeds it from
 //! there); only the id is read back, for streaming and stop checks.
 
+use crate::clock::now_s;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::model::llama::{record_decoder, KvCache, LogitRows};
@@ -28,6 +29,7 @@ pub struct Session<'m> {
     cached: Vec<u32>,
     /// Tokens the last `respond` prefilled (the rest came from the cache).
     prefilled: usize,
+    timings: RespondTimings,
 }
 
 impl<'m> Session<'m> {
@@ -38,7 +40,7 @@ impl<'m> Session<'m> {
             return Err(Error::Invalid(format!("session of {capacity} tokens: the context holds 1..={max}")));
         }
         let cache = KvCache::new(gpu, &model.cfg.llm, capacity, model.act)?;
-        Ok(Session { model, cache, cached: Vec::new(), prefilled: 0 })
+        Ok(Session { model, cache, cached: Vec::new(), prefilled: 0, timings: RespondTimings::default() })
     }
 
     pub fn capacity(&self) -> usize {
@@ -126,9 +128,21 @@ impl<'m> Session<'m> {
             convert(rec, &raw, cfg.vocab, Source::F16, &logits.reshape(&[cfg.vocab])?)
         };
 
-        // Prefill what the cache lacks, then the first sample.
+        // Vision first, in its own submission, so its time is known; then prefill what the
+        // cache lacks and the first sample.
+        let t0 = now_s();
+        let mut timings = RespondTimings::default();
+        let image_rows = if new_images.is_empty() {
+            None
+        } else {
+            let mut rec = Recorder::new(gpu);
+            let rows = model.record_images(&mut rec, new_images)?;
+            rec.finish()?.run(gpu).await?;
+            gpu.idle().await?;
+            timings.vision_s = now_s() - t0;
+            rows
+        };
         let mut rec = Recorder::new(gpu);
-        let image_rows = model.record_images(&mut rec, new_images)?;
         let idt = Tensor::from_u32(gpu, &[s], new_ids)?;
         let x = Tensor::empty(gpu, &[s, cfg.hidden], act)?;
         let pos_t = Tensor::from_u32(gpu, &[new_positions.len().max(1)], if new_positions.is_empty() { &[0] } else { &new_positions })?;
@@ -137,11 +151,7 @@ impl<'m> Session<'m> {
         widen(&mut rec)?;
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;
-        // From here the cache rows past `keep` are being rewritten.
-        self.cached.truncate(keep);
-        rec.finish()?.run(gpu).await?;
-        self.cached.extend_from_slice(new_ids);
-        self.prefilled = s;
+        let prefill = rec.finish()?;
 
         // Decode step, recorded once: embed the token the last step sampled, run one position.
         let mut rec = Recorder::new(gpu);
@@ -153,22 +163,77 @@ impl<'m> Session<'m> {
         advance(&mut rec, &token, 0, &history, &step, true)?;
         let decode = rec.finish()?;
 
+        // From here the cache rows past `keep` are being rewritten.
+        self.cached.truncate(keep);
+        let t_prefill = now_s();
+        // Two staging buffers: the step after token t is queued before token t is read, so the
+        // GPU never waits for the host; the cost is at most one step computed past a stop.
+        let staging = [gpu.staging_buffer(4), gpu.staging_buffer(4)];
+        let mut inflight = std::collections::VecDeque::with_capacity(2);
+        inflight.push_back(gpu.submit_then_read(Some(&prefill), &token, &staging[0], 4).await?);
+        self.cached.extend_from_slice(new_ids);
+        self.prefilled = s;
         let mut out = Vec::with_capacity(opts.max_new_tokens);
-        let staging = gpu.staging_buffer(4); // reused: nothing is allocated per token
+        // Decode steps queued so far; step j feeds token j-1 at position m + j - 1.
+        let mut steps = 0usize;
+        let mut t_first = 0.0;
         loop {
-            let bytes = gpu.read_bytes_via(&staging, token.buffer(), token.offset(), 4).await?;
+            if steps + 1 < opts.max_new_tokens && inflight.len() < 2 {
+                steps += 1;
+                let pos = (m + steps - 1) as u32;
+                seq.write_u32(gpu, &[pos, pos + 1])?;
+                inflight.push_back(gpu.submit_then_read(Some(&decode), &token, &staging[steps % 2], 4).await?);
+            }
+            let Some(read) = inflight.pop_front() else { break };
+            let bytes = gpu.finish_read(read, &staging[out.len() % 2]).await?;
             let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            if out.is_empty() {
+                t_first = now_s();
+                timings.prefill_s = t_first - t_prefill;
+            }
             out.push(id);
             if !on_token(id) || Some(id) == opts.eos || out.len() == opts.max_new_tokens {
                 break;
             }
-            // Feed `id` at the next position.
-            let pos = self.cached.len() as u32;
-            seq.write_u32(gpu, &[pos, pos + 1])?;
-            decode.run(gpu).await?;
-            self.cached.push(id);
         }
+        // A queued step past the stop still wrote its token's keys and values; keep it only if
+        // that token is known (it always is: step j feeds token j-1, which was read).
+        for read in inflight.drain(..) {
+            drop(read); // its mapping resolves on its own; the buffers are dropped with it
+        }
+        self.cached.extend_from_slice(&out[..steps.min(out.len())]);
+        let t_end = now_s();
+        timings.first_token_s = t_first - t0;
+        timings.decode_tokens = out.len().saturating_sub(1);
+        timings.decode_s = if out.len() > 1 { t_end - t_first } else { 0.0 };
+        self.timings = timings;
         Ok(out)
+    }
+
+    /// Where the last `respond`'s time went.
+    pub fn timings(&self) -> RespondTimings {
+        self.timings
+    }
+}
+
+/// Host-clock seconds of the stages of one `respond` (each stage's GPU work waited for).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RespondTimings {
+    /// Vision tower + aligner for the images not already in the cache.
+    pub vision_s: f64,
+    /// Embedding, decoder over the new prompt tokens, first sample and its read-back.
+    pub prefill_s: f64,
+    /// From the call to the first token read back (vision + prefill + set-up).
+    pub first_token_s: f64,
+    /// From the first token to the last.
+    pub decode_s: f64,
+    /// Tokens produced after the first.
+    pub decode_tokens: usize,
+}
+
+impl RespondTimings {
+    pub fn decode_tok_s(&self) -> f64 {
+        if self.decode_s > 0.0 { self.decode_tokens as f64 / self.decode_s } else { 0.0 }
     }
 }
 

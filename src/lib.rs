@@ -3,6 +3,7 @@
 //! `gpu` holds the runtime (device, tensors, pipelines, recorded step lists);
 //! `ops` holds one file per kernel family with its contract, dispatch maths and checks.
 
+pub mod clock;
 pub mod error;
 pub mod gpu;
 pub mod generate;
@@ -14,6 +15,8 @@ pub mod text;
 pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench_model;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
 

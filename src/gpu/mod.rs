@@ -13,6 +13,7 @@ pub use context::{AdapterSummary, Caps, Gpu, GpuOptions};
 pub use pipeline::{Bind, Kernel, PipelineKey};
 pub use plan::{grid, Recorder, StepList};
 pub use pool::PoolStats;
+pub use readback::InFlightRead;
 pub use tensor::{DType, RowSplit, Tensor};
 
 /// A `#[repr(C)]` parameter struct shared with WGSL. `FIELDS` lists (name, byte offset) so a

@@ -1,5 +1,6 @@
 //! The `dsvl-gpu` command line.
 
+mod bench;
 mod chat;
 mod run;
 mod selftest;
@@ -39,6 +40,8 @@ enum Cmd {
         /// Only checks whose name contains this.
         filter: Option<String>,
     },
+    /// Measure the model end to end: vision, prefill, time to first token, decode tok/s, GPU memory.
+    Bench(bench::BenchArgs),
     /// Measure kernel throughput at DeepSeek-VL-1.3B shapes (GFLOP/s, GB/s).
     BenchOps {
         /// One repetition per op (for software adapters).
@@ -74,6 +77,7 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Run(args) => run::run(&open()?, args)?,
         Cmd::Chat(args) => chat::chat(&open()?, args)?,
+        Cmd::Bench(args) => bench::bench(&open()?, args)?,
         Cmd::Selftest => selftest::selftest(&open()?)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use dsvl_gpu::generate::GenerateOptions;
+use dsvl_gpu::generate::{GenerateOptions, Session};
 use dsvl_gpu::gpu::{DType, Gpu};
 use dsvl_gpu::image::{decode_rgb, preprocess, DecodeLimits, ImageConfig};
 use dsvl_gpu::model::config::ModelConfig;
@@ -185,11 +185,13 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
     let mut stream = TextStream::new(&tok, &[STOP_STRING]);
     let mut text = String::new();
     let mut err = None;
-    let mut first = None;
-    let t2 = Instant::now();
     let stdout = std::io::stdout();
-    let ids = pollster::block_on(model.generate(gpu, &enc.ids, tok.image_id(), &pixels, &opts, &mut |id| {
-        first.get_or_insert_with(|| t2.elapsed());
+    let capacity = enc.ids.len() + opts.max_new_tokens;
+    if capacity > cfg.llm.max_positions {
+        bail!("prompt of {} tokens + {} new tokens exceeds the context of {}", enc.ids.len(), opts.max_new_tokens, cfg.llm.max_positions);
+    }
+    let mut session = Session::new(&model, gpu, capacity.max(1))?;
+    let ids = pollster::block_on(session.respond(gpu, &enc.ids, tok.image_id(), &pixels, &opts, &mut |id| {
         match stream.push(id) {
             Ok(c) => {
                 text.push_str(&c.text);
@@ -211,13 +213,15 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
     }
     let tail = stream.finish()?;
     text.push_str(&tail.text);
-    let t_gen = t2.elapsed();
-    let first = first.unwrap_or(t_gen);
-    let decode_tps = if ids.len() > 1 { (ids.len() - 1) as f64 / (t_gen - first).as_secs_f64().max(1e-9) } else { 0.0 };
+    let t = session.timings();
     if a.json {
         let v = serde_json::json!({
             "text": text, "token_ids": ids, "prompt_tokens": enc.ids.len(),
-            "timings": { "load_s": t_load.as_secs_f64(), "preprocess_s": t_pre.as_secs_f64(), "first_token_s": first.as_secs_f64(), "decode_tok_s": decode_tps },
+            "timings": {
+                "load_s": t_load.as_secs_f64(), "preprocess_s": t_pre.as_secs_f64(), "vision_s": t.vision_s,
+                "prefill_s": t.prefill_s, "first_token_s": t.first_token_s, "decode_tok_s": t.decode_tok_s(),
+            },
+            "gpu_peak_bytes": gpu.pool_stats().peak_bytes,
             "adapter": gpu.adapter.to_string(), "quant": a.quant,
         });
         println!("{v}");
