@@ -109,3 +109,43 @@ pub async fn bench_model(gpu: &Gpu, model: &Model, bos: u32, image_token: u32, p
         gpu_peak_bytes: gpu.pool_stats().peak_bytes,
     })
 }
+
+/// GPU time of one stage, and of its kernels grouped by pipeline (most expensive first).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StageProfile {
+    pub stage: &'static str,
+    pub dispatches: usize,
+    pub total_ms: f64,
+    /// (kernel, dispatches, ms)
+    pub kernels: Vec<(String, usize, f64)>,
+}
+
+/// Timestamps around every dispatch of the vision, prefill and decode lists of the bench prompt.
+pub async fn profile_model(gpu: &Gpu, model: &Model, bos: u32, image_token: u32, pixels: &Tensor, o: &BenchOptions) -> Result<Vec<StageProfile>> {
+    let ids = bench_prompt(bos, image_token, model.cfg.num_image_tokens, o.text_tokens, model.cfg.llm.vocab);
+    let sampling = Sampling { temperature: 0.7, top_k: 0, top_p: 0.9, repetition_penalty: 1.0, seed: 1, top_p_within_top_k: false };
+    let opts = GenerateOptions { sampling, max_new_tokens: 2, eos: None };
+    let mut session = Session::new(model, gpu, ids.len() + 2)?;
+    let rows = session.profile(gpu, &ids, image_token, std::slice::from_ref(pixels), &opts).await?;
+    let mut out: Vec<StageProfile> = Vec::new();
+    for stage in ["vision", "prefill", "decode"] {
+        let mut by: Vec<(String, usize, f64)> = Vec::new();
+        let mut n = 0;
+        for (_, k, ns) in rows.iter().filter(|r| r.0 == stage) {
+            n += 1;
+            match by.iter_mut().find(|e| &e.0 == k) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += ns / 1e6;
+                }
+                None => by.push((k.clone(), 1, ns / 1e6)),
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        by.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out.push(StageProfile { stage, dispatches: n, total_ms: by.iter().map(|e| e.2).sum(), kernels: by });
+    }
+    Ok(out)
+}

@@ -6,7 +6,7 @@
 
 use crate::clock::now_s;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, StepList, Tensor};
 use crate::model::llama::{record_decoder, KvCache, LogitRows};
 use crate::model::vlm::Model;
 use crate::ops::convert::{convert, Source};
@@ -71,6 +71,87 @@ impl<'m> Session<'m> {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
+        let t0 = now_s();
+        let Some(plan) = self.plan(gpu, ids, image_token, images, opts)? else {
+            return Ok(Vec::new());
+        };
+        let m = ids.len();
+        // Vision first, in its own submission, so its time is known; then the prefill of what
+        // the cache lacks and the first sample.
+        let mut timings = RespondTimings::default();
+        if let Some(vision) = &plan.vision {
+            vision.run(gpu).await?;
+            gpu.idle().await?;
+            timings.vision_s = now_s() - t0;
+        }
+        // From here the cache rows past `keep` are being rewritten.
+        self.cached.truncate(plan.keep);
+        let t_prefill = now_s();
+        // Two staging buffers: the step after token t is queued before token t is read, so the
+        // GPU never waits for the host; the cost is at most one step computed past a stop.
+        let staging = [gpu.staging_buffer(4), gpu.staging_buffer(4)];
+        let mut inflight = std::collections::VecDeque::with_capacity(2);
+        inflight.push_back(gpu.submit_then_read(Some(&plan.prefill), &plan.token, &staging[0], 4).await?);
+        self.cached.extend_from_slice(&ids[plan.keep..]);
+        self.prefilled = m - plan.keep;
+        let mut out = Vec::with_capacity(opts.max_new_tokens);
+        // Decode steps queued so far; step j feeds token j-1 at position m + j - 1.
+        let mut steps = 0usize;
+        let mut t_first = 0.0;
+        loop {
+            if steps + 1 < opts.max_new_tokens && inflight.len() < 2 {
+                steps += 1;
+                let pos = (m + steps - 1) as u32;
+                plan.seq.write_u32(gpu, &[pos, pos + 1])?;
+                inflight.push_back(gpu.submit_then_read(Some(&plan.decode), &plan.token, &staging[steps % 2], 4).await?);
+            }
+            let Some(read) = inflight.pop_front() else { break };
+            let bytes = gpu.finish_read(read, &staging[out.len() % 2]).await?;
+            let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            if out.is_empty() {
+                t_first = now_s();
+                timings.prefill_s = t_first - t_prefill;
+            }
+            out.push(id);
+            if !on_token(id) || Some(id) == opts.eos || out.len() == opts.max_new_tokens {
+                break;
+            }
+        }
+        // A step queued past the stop still runs (its mapping resolves unread); it fed a token
+        // that was read, so the cache holds that token's keys and values too.
+        drop(inflight);
+        self.cached.extend_from_slice(&out[..steps.min(out.len())]);
+        let t_end = now_s();
+        timings.first_token_s = t_first - t0;
+        timings.decode_tokens = out.len().saturating_sub(1);
+        timings.decode_s = if out.len() > 1 { t_end - t_first } else { 0.0 };
+        self.timings = timings;
+        Ok(out)
+    }
+
+    /// GPU time of every dispatch of the lists `respond` would run for this prompt (vision,
+    /// prefill, one decode step), as (stage, kernel, ns). Runs each list once; the cache then
+    /// holds only what it held before this prompt's new part.
+    pub async fn profile(&mut self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<Vec<(&'static str, String, f64)>> {
+        let opts = GenerateOptions { max_new_tokens: opts.max_new_tokens.max(2), ..opts.clone() };
+        let Some(plan) = self.plan(gpu, ids, image_token, images, &opts)? else {
+            return Ok(Vec::new());
+        };
+        self.cached.truncate(plan.keep);
+        let mut out = Vec::new();
+        if let Some(v) = &plan.vision {
+            out.extend(v.profile(gpu).await?.into_iter().map(|(k, ns)| ("vision", k, ns)));
+        }
+        out.extend(plan.prefill.profile(gpu).await?.into_iter().map(|(k, ns)| ("prefill", k, ns)));
+        let pos = ids.len() as u32;
+        plan.seq.write_u32(gpu, &[pos, pos + 1])?;
+        out.extend(plan.decode.profile(gpu).await?.into_iter().map(|(k, ns)| ("decode", k, ns)));
+        Ok(out)
+    }
+
+    /// Checks the prompt and records the lists that answer it; None when nothing is to be
+    /// generated. Leaves the session's state as it is.
+    fn plan(&self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<Option<Plan>> {
         let model = self.model;
         let cfg = &model.cfg.llm;
         let n_img = model.cfg.num_image_tokens;
@@ -89,7 +170,7 @@ impl<'m> Session<'m> {
             return Err(Error::Invalid(format!("{} image tokens in the prompt for {} images of {n_img}", positions.len(), images.len())));
         }
         if opts.max_new_tokens == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         // Keep the cached prefix, but prefill at least one token (for the logits) and never
         // split an image's tokens.
@@ -108,7 +189,7 @@ impl<'m> Session<'m> {
         let total = self.cache.capacity;
         let act = model.act;
 
-        // State the two lists share: the current token, positions, sampling step and history.
+        // State the lists share: the current token, positions, sampling step and history.
         let token = Tensor::from_u32(gpu, &[1], &[0])?;
         let seq = Tensor::from_u32(gpu, &[2], &[keep as u32, m as u32])?;
         let step = Tensor::from_u32(gpu, &[1], &[0])?;
@@ -128,19 +209,12 @@ impl<'m> Session<'m> {
             convert(rec, &raw, cfg.vocab, Source::F16, &logits.reshape(&[cfg.vocab])?)
         };
 
-        // Vision first, in its own submission, so its time is known; then prefill what the
-        // cache lacks and the first sample.
-        let t0 = now_s();
-        let mut timings = RespondTimings::default();
-        let image_rows = if new_images.is_empty() {
-            None
+        let (vision, image_rows) = if new_images.is_empty() {
+            (None, None)
         } else {
             let mut rec = Recorder::new(gpu);
             let rows = model.record_images(&mut rec, new_images)?;
-            rec.finish()?.run(gpu).await?;
-            gpu.idle().await?;
-            timings.vision_s = now_s() - t0;
-            rows
+            (Some(rec.finish()?), rows)
         };
         let mut rec = Recorder::new(gpu);
         let idt = Tensor::from_u32(gpu, &[s], new_ids)?;
@@ -162,58 +236,26 @@ impl<'m> Session<'m> {
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;
         let decode = rec.finish()?;
-
-        // From here the cache rows past `keep` are being rewritten.
-        self.cached.truncate(keep);
-        let t_prefill = now_s();
-        // Two staging buffers: the step after token t is queued before token t is read, so the
-        // GPU never waits for the host; the cost is at most one step computed past a stop.
-        let staging = [gpu.staging_buffer(4), gpu.staging_buffer(4)];
-        let mut inflight = std::collections::VecDeque::with_capacity(2);
-        inflight.push_back(gpu.submit_then_read(Some(&prefill), &token, &staging[0], 4).await?);
-        self.cached.extend_from_slice(new_ids);
-        self.prefilled = s;
-        let mut out = Vec::with_capacity(opts.max_new_tokens);
-        // Decode steps queued so far; step j feeds token j-1 at position m + j - 1.
-        let mut steps = 0usize;
-        let mut t_first = 0.0;
-        loop {
-            if steps + 1 < opts.max_new_tokens && inflight.len() < 2 {
-                steps += 1;
-                let pos = (m + steps - 1) as u32;
-                seq.write_u32(gpu, &[pos, pos + 1])?;
-                inflight.push_back(gpu.submit_then_read(Some(&decode), &token, &staging[steps % 2], 4).await?);
-            }
-            let Some(read) = inflight.pop_front() else { break };
-            let bytes = gpu.finish_read(read, &staging[out.len() % 2]).await?;
-            let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            if out.is_empty() {
-                t_first = now_s();
-                timings.prefill_s = t_first - t_prefill;
-            }
-            out.push(id);
-            if !on_token(id) || Some(id) == opts.eos || out.len() == opts.max_new_tokens {
-                break;
-            }
-        }
-        // A queued step past the stop still wrote its token's keys and values; keep it only if
-        // that token is known (it always is: step j feeds token j-1, which was read).
-        for read in inflight.drain(..) {
-            drop(read); // its mapping resolves on its own; the buffers are dropped with it
-        }
-        self.cached.extend_from_slice(&out[..steps.min(out.len())]);
-        let t_end = now_s();
-        timings.first_token_s = t_first - t0;
-        timings.decode_tokens = out.len().saturating_sub(1);
-        timings.decode_s = if out.len() > 1 { t_end - t_first } else { 0.0 };
-        self.timings = timings;
-        Ok(out)
+        Ok(Some(Plan { vision, prefill, decode, token, seq, keep }))
     }
 
     /// Where the last `respond`'s time went.
     pub fn timings(&self) -> RespondTimings {
         self.timings
     }
+}
+
+/// The recorded lists of one answer and the small tensors `respond` rewrites between them.
+struct Plan {
+    vision: Option<StepList>,
+    prefill: StepList,
+    decode: StepList,
+    /// The sampled token, on the GPU.
+    token: Tensor,
+    /// [first position of this list, positions after it].
+    seq: Tensor,
+    /// Cached tokens kept.
+    keep: usize,
 }
 
 /// Host-clock seconds of the stages of one `respond` (each stage's GPU work waited for).

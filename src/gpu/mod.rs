@@ -5,6 +5,7 @@ mod context;
 mod pipeline;
 mod plan;
 mod pool;
+mod profile;
 mod readback;
 pub mod shader;
 mod tensor;

@@ -32,16 +32,16 @@ pub struct Recorder<'g> {
     pending: Vec<Pending>,
 }
 
-struct Step {
-    label: String,
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    workgroups: [u32; 3],
+pub(super) struct Step {
+    pub(super) label: String,
+    pub(super) pipeline: wgpu::ComputePipeline,
+    pub(super) bind_group: wgpu::BindGroup,
+    pub(super) workgroups: [u32; 3],
 }
 
 /// A recorded pass: replay with `run`, or encode into a caller's encoder.
 pub struct StepList {
-    steps: Vec<Step>,
+    pub(super) steps: Vec<Step>,
     // Keeps the buffers the bind groups point at alive (and out of the pool) while the list lives.
     _keep: Vec<Arc<Storage>>,
     _arena: Option<wgpu::Buffer>,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use dsvl_gpu::bench_model::{bench_model, BenchOptions};
+use dsvl_gpu::bench_model::{bench_model, profile_model, BenchOptions};
 use dsvl_gpu::gpu::Gpu;
 use dsvl_gpu::image::{decode_rgb, preprocess, DecodeLimits, ImageConfig, RgbImage8};
 
@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Tokens generated per run, with sampling on.
     #[arg(long, default_value_t = 256)]
     pub decode_tokens: usize,
+    /// GPU time of every kernel of the vision, prefill and decode lists (timestamp queries).
+    #[arg(long)]
+    pub profile: bool,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -66,8 +69,16 @@ pub fn bench(gpu: &Gpu, a: BenchArgs) -> Result<()> {
     let preprocess_ms = t1.elapsed().as_secs_f64() * 1e3;
     let o = BenchOptions { runs: a.runs, text_tokens: a.text_tokens, decode_tokens: a.decode_tokens };
     let r = pollster::block_on(bench_model(gpu, model, loaded.tok.bos_id(), loaded.tok.image_id(), &pixels, &o))?;
+    let profile = if a.profile {
+        Some(pollster::block_on(profile_model(gpu, model, loaded.tok.bos_id(), loaded.tok.image_id(), &pixels, &o))?)
+    } else {
+        None
+    };
     if a.json {
         let mut v = serde_json::to_value(&r)?;
+        if let Some(p) = &profile {
+            v["profile"] = serde_json::to_value(p)?;
+        }
         v["load_s"] = load_s.into();
         v["preprocess_ms"] = preprocess_ms.into();
         v["quant"] = a.quant.clone().into();
@@ -83,6 +94,12 @@ pub fn bench(gpu: &Gpu, a: BenchArgs) -> Result<()> {
         println!("decode ({} tokens)       {:>9.1} tok/s  (spread {:.0}%)", r.decode_tokens, r.decode_tok_s, 100.0 * r.decode_spread);
         println!("GPU memory peak          {:>9.1} MiB", r.gpu_peak_bytes as f64 / (1 << 20) as f64);
         println!("medians of {} runs after a warm-up", r.runs);
+        for st in profile.iter().flatten() {
+            println!("\nGPU time, {}: {:.3} ms in {} dispatches", st.stage, st.total_ms, st.dispatches);
+            for (k, n, ms) in st.kernels.iter().take(12) {
+                println!("  {ms:>8.3} ms {n:>5}x  {k}");
+            }
+        }
     }
     Ok(())
 }
