@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# DeepSeek-VL-1.3B at its real shapes (random weights) on the lent H200, in one device call:
+#   1. make the checkpoint (bench/real_shapes.py make: original layout, bf16, real vocabulary),
+#   2. parity: HF transformers' DeepseekVLForConditionalGeneration in f32 against `dsvl-gpu run
+#      --dump-logits` with --quant f32 and f16 (relative L2, cosine, top-1),
+#   3. `dsvl-gpu bench` for each quant in $QUANTS (default "f16 f32"), with --profile for the first,
+#   4. the PyTorch reference (bf16, SDPA) on the same weights and the same prompt.
+# Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
+# Device call: carry [".gl", ".bin"], command: bash bench/h200.sh
+# .gl holds the Vulkan loader debs (the device tool's README says how to fetch them).
+# Everything goes to $OUT/h200.log; paste the numbers into docs/PERFORMANCE.md.
+set -uo pipefail
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+export PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+exec > >(tee "$out/h200.log") 2>&1
+D=/tmp/dsvl-1.3b
+W=/tmp/dsvl-work
+mkdir -p "$W"
+QUANTS=${QUANTS:-"f16 f32"}
+step() { echo "=== $* ($(date +%T))"; }
+
+step environment
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+./.bin/dsvl-gpu info 2>&1 | head -20
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+
+step make checkpoint
+[ -f "$D/model.safetensors" ] || python3 bench/real_shapes.py make "$D" || exit 1
+du -sh "$D"
+
+step parity
+python3 bench/real_shapes.py reference "$D" "$W/ref.npy" || exit 1
+for q in f32 f16; do
+    ./.bin/dsvl-gpu run --model "$D" --image "$D/real.png" --prompt "Describe this image." --quant $q \
+        --dump-logits "$W/ours_$q.npy" --max-new-tokens 8 --json
+done
+python3 bench/real_shapes.py compare "$W/ref.npy" "$W/ours_f32.npy" "$W/ours_f16.npy"
+
+first=1
+for q in $QUANTS; do
+    step "dsvl-gpu bench --quant $q"
+    if [ $first = 1 ]; then
+        ./.bin/dsvl-gpu bench --model "$D" --quant $q --profile
+        first=0
+    else
+        ./.bin/dsvl-gpu bench --model "$D" --quant $q
+    fi
+done
+
+step "PyTorch reference (bf16, SDPA)"
+python3 bench/real_shapes.py torch-bench "$D"
+step done
