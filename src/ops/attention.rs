@@ -9,27 +9,35 @@ use crate::gpu::{Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::params_struct;
 
 params_struct!(AttnParams("AttnParams") {
-    m: u32, heads: u32, kv_heads: u32, causal: u32, q_off: u32, q_stride: u32, k_off: u32, k_stride: u32,
-    v_off: u32, v_stride: u32, o_off: u32, o_stride: u32, scale: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+    m: u32, heads: u32, kv_heads: u32, causal: u32, q_off: u32, q_stride: u32, k_off4: u32, k_stride4: u32,
+    v_off4: u32, v_stride4: u32, o_off: u32, o_stride: u32, scale: f32, splits: u32, split_len: u32, _pad: u32,
 });
 
-const ATTN: Kernel = Kernel {
-    shader: "attention",
-    entry: "attention",
-    binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite],
-};
-const QUERIES_PER_WORKGROUP: u32 = 64;
+const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
+const ATTN: Kernel = Kernel { shader: "attention", entry: "attention", binds: BINDS };
+const COMBINE: Kernel = Kernel { shader: "attention", entry: "attn_combine", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite] };
+/// Keys per tile of the kernel; a split is a whole number of tiles.
+const TILE: usize = 64;
+/// Workgroups worth filling a large GPU with: fewer (row, head) pairs than this get their keys split.
+const TARGET_WORKGROUPS: usize = 512;
 
 pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
     for hd in ["HD32", "HD64", "HD128"] {
-        v.push(PipelineKey::new(ATTN, &[hd], &[]));
-        v.push(PipelineKey::new(ATTN, &[hd, "F16"], &[]));
+        for f16 in [false, true] {
+            let base: Vec<&str> = if f16 { vec![hd, "F16"] } else { vec![hd] };
+            v.push(PipelineKey::new(ATTN, &base, &[]));
+            let mut split = base.clone();
+            split.push("SPLIT");
+            v.push(PipelineKey::new(ATTN, &split, &[]));
+            let mut comb = base.clone();
+            comb.push("COMBINE");
+            v.push(PipelineKey::new(COMBINE, &comb, &[]));
+        }
     }
     v
 }
 
-/// Attention geometry.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
     pub heads: usize,
@@ -39,9 +47,16 @@ pub struct AttnShape {
     pub causal: bool,
 }
 
-/// o = softmax(q·kᵀ·scale [+ causal mask])·v per head. q, o: [m, heads*head_dim] views;
-/// k, v: [capacity, kv_heads*head_dim] views of which the first `seq[1]` rows are valid;
-/// `seq` = [position of query row 0, valid kv rows] (U32 storage, rewritable between replays).
+/// Key splits for `rows` query rows over at most `kv_rows` keys: one unless the (row, head)
+/// pairs alone leave the GPU idle (decode). Returns (splits, keys per split).
+fn split_plan(rows: usize, heads: usize, kv_rows: usize) -> (usize, usize) {
+    let tiles = kv_rows.div_ceil(TILE).max(1);
+    let splits = TARGET_WORKGROUPS.div_ceil(rows * heads).clamp(1, tiles);
+    (splits, tiles.div_ceil(splits) * TILE)
+}
+
+/// o = softmax(q k^T * scale [+ causal mask]) v per head. `k` and `v` hold every key row the
+/// kernel may read (a KV cache's capacity); `seq` = [position of q's first row, valid keys].
 pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, seq: &Tensor) -> Result<()> {
     let op = "attention";
     for r in [q, k, v, o] {
@@ -62,6 +77,10 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if k.cols != s.kv_heads * s.head_dim || v.cols != k.cols || v.rows != k.rows {
         return Err(shape_err(op, format!("k {}x{} / v {}x{} for {} kv heads", k.rows, k.cols, v.rows, v.cols, s.kv_heads)));
     }
+    // K and V are read as vec4s.
+    if [k.off, k.stride, v.off, v.stride].iter().any(|x| x % 4 != 0) {
+        return Err(shape_err(op, "k and v views must start and stride at multiples of 4 elements".into()));
+    }
     if seq.dtype() != DType::U32 || seq.len() < 2 {
         return Err(shape_err(op, "seq must be u32 [2]: [query position, kv length]".into()));
     }
@@ -72,6 +91,10 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if [q.t, k.t, v.t].iter().any(|t| t.same_buffer(o.t)) {
         return Err(shape_err(op, "output shares a buffer with an input".into()));
     }
+    if q.rows == 0 {
+        return Ok(());
+    }
+    let (splits, split_len) = split_plan(q.rows, s.heads, k.rows);
     let params = AttnParams {
         m: q.rows as u32,
         heads: s.heads as u32,
@@ -79,25 +102,31 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         causal: s.causal as u32,
         q_off: q.off as u32,
         q_stride: q.stride as u32,
-        k_off: k.off as u32,
-        k_stride: k.stride as u32,
-        v_off: v.off as u32,
-        v_stride: v.stride as u32,
+        k_off4: (k.off / 4) as u32,
+        k_stride4: (k.stride / 4) as u32,
+        v_off4: (v.off / 4) as u32,
+        v_stride4: (v.stride / 4) as u32,
         o_off: o.off as u32,
         o_stride: o.stride as u32,
         scale: s.scale,
-        _pad0: 0,
-        _pad1: 0,
-        _pad2: 0,
+        splits: splits as u32,
+        split_len: split_len as u32,
+        _pad: 0,
     };
     let mut flags = act_flags(op, dt)?.to_vec();
     flags.push(hd_flag);
-    let key = PipelineKey::new(ATTN, &flags, &[]);
-    let wg = [(q.rows as u32).div_ceil(QUERIES_PER_WORKGROUP), s.heads as u32, 1];
-    rec.dispatch(&key, &params, &[seq, q.t, k.t, v.t, o.t], wg)
+    let wg = [q.rows as u32, s.heads as u32, splits as u32];
+    if splits == 1 {
+        return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
+    }
+    let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
+    let mut split = flags.clone();
+    split.push("SPLIT");
+    rec.dispatch(&PipelineKey::new(ATTN, &split, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
+    flags.push("COMBINE");
+    rec.dispatch(&PipelineKey::new(COMBINE, &flags, &[]), &params, &[seq, &part, o.t], [q.rows as u32, s.heads as u32, 1])
 }
 
-/// f64 reference: q [m, H*D], k/v [n, KVH*D] (first `kv_len` rows used), query i at q0 + i.
 #[allow(clippy::too_many_arguments)]
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], m: usize, kv_len: usize, s: AttnShape, q0: usize) -> Vec<f64> {
     let (h_n, d) = (s.heads, s.head_dim);
@@ -174,8 +203,8 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
             worst = worst.max(compare(&format!("attention causal {dt} m={m} past={past} h={heads}/{kvh} d={d}"), &got, &want, tol)?);
         }
     }
-    // Decode: one list, replayed with the kv length growing.
-    let (heads, d, cap) = (2, 128, 40);
+    // Decode: one list, replayed with the kv length growing (several key splits at cap 300).
+    let (heads, d, cap) = (2, 128, 300);
     let q = rng.normals(heads * d, 1.0);
     let k = rng.normals(cap * heads * d, 1.0);
     let v = rng.normals(cap * heads * d, 1.0);
@@ -186,7 +215,7 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
     let mut rec = Recorder::new(gpu);
     attention(&mut rec, &Rows::all(&qt), &Rows::all(&kt), &Rows::all(&vt), &Rows::all(&o), s, &seq)?;
     let list = rec.finish()?;
-    for pos in [0usize, 1, 16, 17, 39] {
+    for pos in [0usize, 1, 16, 63, 64, 65, 200, 299] {
         seq.write_u32(gpu, &[pos as u32, pos as u32 + 1])?;
         list.run(gpu).await?;
         let got = gpu.read_f32(&o).await?;
