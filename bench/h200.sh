@@ -21,6 +21,8 @@ D=/tmp/dsvl-1.3b
 W=/tmp/dsvl-work
 mkdir -p "$W"
 QUANTS=${QUANTS:-"f16 f32"}
+PARITY=${PARITY:-1}  # 0: skip step 2
+TORCH=${TORCH:-1}    # 0: skip step 4
 step() { echo "=== $* ($(date +%T))"; }
 
 step environment
@@ -32,6 +34,7 @@ step make checkpoint
 [ -f "$D/model.safetensors" ] || python3 bench/real_shapes.py make "$D" || exit 1
 du -sh "$D"
 
+if [ "$PARITY" = 1 ]; then
 step parity
 python3 bench/real_shapes.py reference "$D" "$W/ref.npy" || exit 1
 for q in f32 f16; do
@@ -39,6 +42,7 @@ for q in f32 f16; do
         --dump-logits "$W/ours_$q.npy" --max-new-tokens 8 --json
 done
 python3 bench/real_shapes.py compare "$W/ref.npy" "$W/ours_f32.npy" "$W/ours_f16.npy"
+fi
 
 first=1
 for q in $QUANTS; do
@@ -51,6 +55,8 @@ for q in $QUANTS; do
     fi
 done
 
-step "PyTorch reference (bf16, SDPA)"
-python3 bench/real_shapes.py torch-bench "$D"
+if [ "$TORCH" = 1 ]; then
+    step "PyTorch reference (bf16, SDPA)"
+    python3 bench/real_shapes.py torch-bench "$D"
+fi
 step done

@@ -197,8 +197,13 @@ fn loads_original_layout_from_each_dtype() {
             assert_eq!(w.aligner.layers.len(), 2);
             check(read(gpu, &w.aligner.layers[1].w).await, "aligner.layers.2.weight", H * H);
             check(read(gpu, &w.llm.embed).await, "language_model.model.embed_tokens.weight", V * H);
-            check(read(gpu, &w.llm.layers[1].k.w).await, "language_model.model.layers.1.self_attn.k_proj.weight", HD * H);
-            assert!(w.llm.layers[1].k.b.is_none());
+            // q | k | v and gate | up are stacked into one matrix each, rows in that order.
+            let ly = "language_model.model.layers.1";
+            let stacked = |parts: &[(&str, usize)]| parts.iter().flat_map(|(n, k)| values(&format!("{ly}.{n}.weight"), *k)).collect::<Vec<f32>>();
+            let qkv = stacked(&[("self_attn.q_proj", 2 * HD * H), ("self_attn.k_proj", HD * H), ("self_attn.v_proj", HD * H)]);
+            assert_eq!(read(gpu, &w.llm.layers[1].qkv.w).await, qkv, "qkv from {src_dtype:?} as {wdtype}");
+            assert!(w.llm.layers[1].qkv.b.is_none());
+            assert_eq!(read(gpu, &w.llm.layers[1].gate_up.w).await, stacked(&[("mlp.gate_proj", I * H), ("mlp.up_proj", I * H)]));
             check(gpu.read_f32(&w.llm.layers[1].post_norm).await.unwrap(), "language_model.model.layers.1.post_attention_layernorm.weight", H);
             check(read(gpu, &w.llm.layers[0].down.w).await, "language_model.model.layers.0.mlp.down_proj.weight", H * I);
             check(gpu.read_f32(&w.llm.norm).await.unwrap(), "language_model.model.norm.weight", H);
@@ -234,7 +239,7 @@ fn loads_hf_layout_concatenating_qkv_and_tying_lm_head() {
         assert_eq!(gpu.read_f32(&w.vision.pos_embed).await.unwrap(), values(&format!("{v}.embeddings.position_embedding.weight"), T * W));
         assert_eq!(gpu.read_f32(&w.vision.norm_b).await.unwrap(), values(&format!("{v}.post_layernorm.bias"), W));
         assert_eq!(read(gpu, &w.aligner.layers[0].w).await, values("model.aligner.linear1.weight", H * W));
-        assert_eq!(read(gpu, &w.llm.layers[0].q.w).await, values("model.language_model.layers.0.self_attn.q_proj.weight", 2 * HD * H));
+        assert_eq!(read(gpu, &w.llm.layers[0].qkv.w).await[..2 * HD * H], values("model.language_model.layers.0.self_attn.q_proj.weight", 2 * HD * H));
         // Tied: lm_head is the embedding table.
         let embed = values("model.language_model.embed_tokens.weight", V * H);
         assert_eq!(read(gpu, &w.llm.lm_head).await, embed);

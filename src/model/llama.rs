@@ -15,24 +15,18 @@ use crate::ops::norm::rmsnorm;
 use crate::ops::rope::{inv_freq, rope};
 use crate::ops::Rows;
 
-/// Per-layer key and value rows [capacity, kv_heads * head_dim].
+/// Per layer, rows [capacity, 2 * kv_heads * head_dim]: a position's keys then its values, so
+/// one dispatch appends both straight from the fused q|k|v projection.
 pub struct KvCache {
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    pub kv: Vec<Tensor>,
     pub capacity: usize,
 }
 
 impl KvCache {
     pub fn new(gpu: &Gpu, cfg: &LlmConfig, capacity: usize, act: DType) -> Result<KvCache> {
         let kvw = cfg.kv_heads * cfg.head_dim;
-        let alloc = || Tensor::empty_exact(gpu, &[capacity.max(1), kvw], act);
-        let mut k = Vec::with_capacity(cfg.layers);
-        let mut v = Vec::with_capacity(cfg.layers);
-        for _ in 0..cfg.layers {
-            k.push(alloc()?);
-            v.push(alloc()?);
-        }
-        Ok(KvCache { k, v, capacity })
+        let kv = (0..cfg.layers).map(|_| Tensor::empty_exact(gpu, &[capacity.max(1), 2 * kvw], act)).collect::<Result<_>>()?;
+        Ok(KvCache { kv, capacity })
     }
 }
 
@@ -69,34 +63,29 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
     }
     let (hid, kvw, hd) = (cfg.hidden, cfg.kv_heads * cfg.head_dim, cfg.head_dim);
     let eps = cfg.rms_eps as f32;
+    let qw = cfg.heads * hd;
+    let inter = cfg.intermediate;
     let h = Tensor::empty(g, &[m, hid], act)?;
-    let q = Tensor::empty(g, &[m, cfg.heads * hd], act)?;
-    let a = Tensor::empty(g, &[m, cfg.heads * hd], act)?;
-    let gate = Tensor::empty(g, &[m, cfg.intermediate], act)?;
-    let up = Tensor::empty(g, &[m, cfg.intermediate], act)?;
-    let s = Tensor::empty(g, &[m, cfg.intermediate], act)?;
-    let k_new = Tensor::empty(g, &[m, kvw], act)?;
-    let v_new = Tensor::empty(g, &[m, kvw], act)?;
+    let qkv = Tensor::empty(g, &[m, qw + 2 * kvw], act)?;
+    let a = Tensor::empty(g, &[m, qw], act)?;
+    let gate_up = Tensor::empty(g, &[m, 2 * inter], act)?;
+    let s = Tensor::empty(g, &[m, inter], act)?;
     let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.kv_heads, head_dim: hd, scale: (hd as f32).powf(-0.5), causal: true };
     let (xr, hr) = (Rows::all(x), Rows::all(&h));
     for (l, lw) in w.layers.iter().enumerate() {
-        let (kc, vc) = (&cache.k[l], &cache.v[l]);
+        let kv = &cache.kv[l];
         // x += o(attn(rope(q), rope(k), v)) over norm(x); k and v are appended to the cache.
         rmsnorm(rec, &xr, &lw.input_norm, eps, &hr)?;
-        apply(rec, &lw.q, &hr, Act::None, false, &Rows::all(&q))?;
-        apply(rec, &lw.k, &hr, Act::None, false, &Rows::all(&k_new))?;
-        apply(rec, &lw.v, &hr, Act::None, false, &Rows::all(&v_new))?;
-        rope(rec, &Rows::all(&q), cfg.heads, hd, &c.inv_freq, seq)?;
-        rope(rec, &Rows::all(&k_new), cfg.kv_heads, hd, &c.inv_freq, seq)?;
-        kv_write(rec, &k_new, seq, kc)?;
-        kv_write(rec, &v_new, seq, vc)?;
-        attention(rec, &Rows::all(&q), &Rows::all(kc), &Rows::all(vc), &Rows::all(&a), shape, seq)?;
+        apply(rec, &lw.qkv, &hr, Act::None, false, &Rows::all(&qkv))?;
+        // q's and k's heads are adjacent: one rotation over both.
+        rope(rec, &Rows::cols(&qkv, 0, qw + kvw), cfg.heads + cfg.kv_heads, hd, &c.inv_freq, seq)?;
+        kv_write(rec, &Rows::cols(&qkv, qw, 2 * kvw), seq, kv)?;
+        attention(rec, &Rows::cols(&qkv, 0, qw), &Rows::cols(kv, 0, kvw), &Rows::cols(kv, kvw, kvw), &Rows::all(&a), shape, seq)?;
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
         // x += down(silu(gate(h)) * up(h)), h = norm(x)
         rmsnorm(rec, &xr, &lw.post_norm, eps, &hr)?;
-        apply(rec, &lw.gate, &hr, Act::None, false, &Rows::all(&gate))?;
-        apply(rec, &lw.up, &hr, Act::None, false, &Rows::all(&up))?;
-        binary(rec, Binary::SiluMul, &Rows::all(&gate), &Rows::all(&up), &Rows::all(&s))?;
+        apply(rec, &lw.gate_up, &hr, Act::None, false, &Rows::all(&gate_up))?;
+        binary(rec, Binary::SiluMul, &Rows::cols(&gate_up, 0, inter), &Rows::cols(&gate_up, inter, inter), &Rows::all(&s))?;
         apply(rec, &lw.down, &Rows::all(&s), Act::None, true, &xr)?;
     }
     let (r0, n) = match rows {

@@ -14,7 +14,7 @@ use super::config::{Layout, ModelConfig};
 use super::safetensors::{TensorInfo, TensorSource};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, RowSplit, Tensor};
-use crate::ops::convert::{upload_matrix, Source};
+use crate::ops::convert::{upload_matrix, upload_matrix_concat, Source};
 
 pub struct Linear {
     /// [out, in] in the weight dtype.
@@ -52,13 +52,12 @@ pub struct AlignerWeights {
 
 pub struct LlmLayer {
     pub input_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// q | k | v projections stacked: [heads*hd + 2*kv_heads*hd, hidden] (one matmul).
+    pub qkv: Linear,
     pub o: Linear,
     pub post_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
+    /// gate | up stacked: [2*intermediate, hidden] (one matmul).
+    pub gate_up: Linear,
     pub down: Linear,
 }
 
@@ -269,6 +268,24 @@ impl Loader<'_> {
         Ok(Linear { w, b })
     }
 
+    /// Bias-free weights [rows_i, cols] stacked row-wise into one matrix, uploaded piece by piece.
+    async fn stacked(&mut self, parts: &[(&str, usize)], cols: usize) -> Result<Linear> {
+        let mut pieces = Vec::with_capacity(parts.len());
+        let mut dtype = None;
+        for &(name, rows) in parts {
+            let (t, b, file) = self.get(name, &[rows, cols])?;
+            if dtype.is_some_and(|d| d != t.dtype) {
+                return Err(weight_err(file, name, format!("dtype {:?} differs from {:?} of the matrices it is stacked with", t.dtype, dtype)));
+            }
+            dtype = Some(t.dtype);
+            pieces.push(b);
+        }
+        let Some(dtype) = dtype else { return Err(Error::Invalid("stacked: no matrices".into())) };
+        let w = upload_matrix_concat(self.gpu, &pieces, cols, dtype, self.wdtype, usize::MAX).await?;
+        self.tick(pieces.iter().map(|p| p.len()).sum());
+        Ok(Linear { w, b: None })
+    }
+
     /// q, k, v weights [w, w] each stacked into one [3w, w] matrix (HF layout), biases likewise.
     async fn qkv_concat(&mut self, names: [(String, String); 3], w: usize) -> Result<Linear> {
         let mut dtype = None;
@@ -355,13 +372,10 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
         let ly = |s: &str| n.llm(&format!("layers.{i}.{s}.weight"));
         layers.push(LlmLayer {
             input_norm: ld.vector(&ly("input_layernorm"), h)?,
-            q: ld.linear(&ly("self_attn.q_proj"), None, q, h).await?,
-            k: ld.linear(&ly("self_attn.k_proj"), None, kv, h).await?,
-            v: ld.linear(&ly("self_attn.v_proj"), None, kv, h).await?,
+            qkv: ld.stacked(&[(&ly("self_attn.q_proj"), q), (&ly("self_attn.k_proj"), kv), (&ly("self_attn.v_proj"), kv)], h).await?,
             o: ld.linear(&ly("self_attn.o_proj"), None, h, q).await?,
             post_norm: ld.vector(&ly("post_attention_layernorm"), h)?,
-            gate: ld.linear(&ly("mlp.gate_proj"), None, lc.intermediate, h).await?,
-            up: ld.linear(&ly("mlp.up_proj"), None, lc.intermediate, h).await?,
+            gate_up: ld.stacked(&[(&ly("mlp.gate_proj"), lc.intermediate), (&ly("mlp.up_proj"), lc.intermediate)], h).await?,
             down: ld.linear(&ly("mlp.down_proj"), None, h, lc.intermediate).await?,
         });
     }

@@ -1,13 +1,13 @@
 //! KV-cache append at a position read from `seq` on the GPU, so one recorded decode step can be
 //! replayed at every position.
 
-use super::{act_flags, same_dtype, shape_err, u32_of, WG};
+use super::{act_flags, same_dtype, shape_err, u32_of, Rows, WG};
 use crate::check::{self, CheckResult, Rng};
 use crate::error::Result;
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::params_struct;
 
-params_struct!(KvParams("KvParams") { rows: u32, cols: u32, capacity: u32, _pad0: u32 });
+params_struct!(KvParams("KvParams") { rows: u32, cols: u32, capacity: u32, src_off: u32, src_stride: u32, _pad0: u32, _pad1: u32, _pad2: u32 });
 
 const KV_WRITE: Kernel = Kernel { shader: "kv", entry: "kv_write", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite] };
 
@@ -15,19 +15,22 @@ pub fn variants() -> Vec<PipelineKey> {
     vec![PipelineKey::new(KV_WRITE, &[], &[]), PipelineKey::new(KV_WRITE, &["F16"], &[])]
 }
 
-/// cache[seq[0] + r] = src[r] for every row of `src` ([m, cols]); cache is [capacity, cols].
-pub fn kv_write(rec: &mut Recorder, src: &Tensor, seq: &Tensor, cache: &Tensor) -> Result<()> {
+/// cache[seq[0] + r] = src[r] for every row of `src` ([m, cols], any row view); cache is
+/// [capacity, cols].
+pub fn kv_write(rec: &mut Recorder, src: &Rows, seq: &Tensor, cache: &Tensor) -> Result<()> {
     let op = "kv_write";
-    let (&[m, cols], &[cap, ccols]) = (src.shape(), cache.shape()) else {
-        return Err(shape_err(op, format!("src {:?} and cache {:?} must be matrices", src.shape(), cache.shape())));
+    src.check(op)?;
+    let &[cap, ccols] = cache.shape() else {
+        return Err(shape_err(op, format!("cache {:?} must be a matrix", cache.shape())));
     };
+    let (m, cols) = (src.rows, src.cols);
     if cols != ccols || m > cap || seq.dtype() != DType::U32 || seq.is_empty() {
-        return Err(shape_err(op, format!("src {:?} into cache {:?} with seq {:?} {}", src.shape(), cache.shape(), seq.shape(), seq.dtype())));
+        return Err(shape_err(op, format!("src {m}x{cols} into cache {:?} with seq {:?} {}", cache.shape(), seq.shape(), seq.dtype())));
     }
-    same_dtype(op, src.dtype(), &[cache])?;
-    let params = KvParams { rows: m as u32, cols: cols as u32, capacity: u32_of(op, cap)?, _pad0: 0 };
-    let key = PipelineKey::new(KV_WRITE, act_flags(op, src.dtype())?, &[]);
-    rec.dispatch(&key, &params, &[seq, src, cache], grid(u32_of(op, m * cols)?.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
+    same_dtype(op, src.t.dtype(), &[cache])?;
+    let params = KvParams { rows: m as u32, cols: cols as u32, capacity: u32_of(op, cap)?, src_off: u32_of(op, src.off)?, src_stride: u32_of(op, src.stride)?, _pad0: 0, _pad1: 0, _pad2: 0 };
+    let key = PipelineKey::new(KV_WRITE, act_flags(op, src.t.dtype())?, &[]);
+    rec.dispatch(&key, &params, &[seq, src.t, cache], grid(u32_of(op, m * cols)?.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
 async fn check_kv_write(gpu: &Gpu) -> CheckResult {
@@ -40,7 +43,7 @@ async fn check_kv_write(gpu: &Gpu) -> CheckResult {
         let src = Tensor::from_f32(gpu, &[2, cols], dt, &src_rows)?;
         let seq = Tensor::from_u32(gpu, &[2], &[0, 0])?;
         let mut rec = Recorder::new(gpu);
-        kv_write(&mut rec, &src, &seq, &cache)?;
+        kv_write(&mut rec, &Rows::all(&src), &seq, &cache)?;
         let list = rec.finish()?;
         let mut want = init.clone();
         // Replays at positions 0, 4 and 8 (the last one's second row falls off the cache).
