@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// How to open the GPU. Defaults come from the environment:
 /// `DSVL_ADAPTER` (name substring or index), `DSVL_MAX_BINDING` (bytes), `DSVL_NO_F16`,
-/// `DSVL_NO_SUBGROUPS`; `WGPU_BACKEND` is honoured by wgpu itself.
+/// `DSVL_NO_SUBGROUPS`, `DSVL_NO_COOP`; `WGPU_BACKEND` is honoured by wgpu itself.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Adapter by index (as `dsvl-gpu info` lists them) or by a case-insensitive name substring.
@@ -20,6 +20,8 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Pretend the adapter has no subgroup operations.
     pub disable_subgroups: bool,
+    /// Do not use cooperative matrices (tensor cores) even where the adapter has them.
+    pub disable_coop: bool,
 }
 
 impl GpuOptions {
@@ -30,6 +32,7 @@ impl GpuOptions {
             max_binding: std::env::var("DSVL_MAX_BINDING").ok().and_then(|s| s.parse().ok()),
             disable_f16: flag("DSVL_NO_F16"),
             disable_subgroups: flag("DSVL_NO_SUBGROUPS"),
+            disable_coop: flag("DSVL_NO_COOP"),
         }
     }
 }
@@ -42,6 +45,9 @@ pub struct Caps {
     pub subgroup_min: u32,
     pub subgroup_max: u32,
     pub timestamps: bool,
+    /// Cooperative matrices (tensor cores) of 16x16x16 f16 with f32 accumulation, subgroup
+    /// scope, with subgroups of exactly 32 (native Vulkan/Metal adapters that report them).
+    pub coop16: bool,
     /// Largest storage binding we will create (the adapter's limit, or lower if asked).
     pub max_binding: u64,
     pub max_buffer: u64,
@@ -189,6 +195,24 @@ impl Gpu {
         if opts.disable_subgroups {
             features.remove(wgpu::Features::SUBGROUP);
         }
+        let coop16 = !opts.disable_coop
+            && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+            && adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            });
+        if coop16 {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
+        // SAFETY (of the token): wgpu marks cooperative matrices experimental. We only use
+        // them in one GEMM kernel, with shapes checked on the host (whole 16x16 tiles inside
+        // the bindings), and the kernel checks compare it with the f64 reference; DSVL_NO_COOP=1
+        // turns the path off.
+        let experimental = if coop16 { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() };
         // Ask for everything the adapter offers: wgpu's defaults (128 MiB bindings, 16 KiB
         // workgroup memory) would hide what the hardware can do.
         let limits = adapter.limits();
@@ -197,7 +221,7 @@ impl Gpu {
                 label: Some("dsvl-gpu"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -219,6 +243,7 @@ impl Gpu {
             subgroup_min: info.subgroup_min_size,
             subgroup_max: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coop16,
             max_binding,
             max_buffer: limits.max_buffer_size,
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
@@ -269,12 +294,13 @@ impl Gpu {
         s += &format!("adapter: {}\n", self.adapter);
         s += &format!("features: {:?}\n", self.features);
         s += &format!(
-            "kernel paths: f16 {}, subgroups {} (size {}..{}), timestamps {}\n",
+            "kernel paths: f16 {}, subgroups {} (size {}..{}), timestamps {}, cooperative matrix 16x16 f16 {}\n",
             yes(c.f16),
             yes(c.subgroups),
             c.subgroup_min,
             c.subgroup_max,
-            yes(c.timestamps)
+            yes(c.timestamps),
+            yes(c.coop16)
         );
         s += &format!("max_storage_buffer_binding_size: {} (using {})\n", l.max_storage_buffer_binding_size, c.max_binding);
         s += &format!("max_buffer_size: {}\n", l.max_buffer_size);

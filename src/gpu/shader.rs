@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 pub const SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("matmul_coop", include_str!("../../shaders/matmul_coop.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),

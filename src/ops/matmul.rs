@@ -18,6 +18,8 @@ params_struct!(MatmulParams("MatmulParams") {
 const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 const GEMM: Kernel = Kernel { shader: "matmul", entry: "gemm", binds: BINDS };
 const GEMV: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: BINDS };
+/// Tensor cores (Caps::coop16): f16 x and W only.
+const GEMM_COOP: Kernel = Kernel { shader: "matmul_coop", entry: "gemm_coop", binds: BINDS };
 
 /// Rows up to which the GEMV kernel is used (its per-workgroup row capacity).
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -54,7 +56,22 @@ pub fn variants() -> Vec<PipelineKey> {
             }
         }
     }
+    v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
     v
+}
+
+/// Whether the cooperative-matrix GEMM takes this product: tensor cores present, f16 x and W,
+/// whole 16-deep k steps, at least one 16x16 tile, and 16-byte aligned x rows. `DSVL_NO_COOP`
+/// (at device creation) turns it off.
+fn coop_fits(gpu: &Gpu, x: &Rows, w: &RowSplit, m: usize, k: usize) -> bool {
+    gpu.caps.coop16
+        && x.t.dtype() == DType::F16
+        && w.dtype == DType::F16
+        && m >= 16
+        && k.is_multiple_of(16)
+        && x.off.is_multiple_of(8)
+        && x.stride.is_multiple_of(8)
+        && w.parts.iter().all(|(_, t)| t.shape()[0] >= 16)
 }
 
 /// GEMV columns per 32-lane group (1, 2 or 4) and k-chunks per step (1, 2 or 4). Defaults
@@ -112,8 +129,11 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
         flags.push("SUBGROUPS");
     }
     let tuning = gemv_tuning();
+    let coop = !gemv && coop_fits(rec.gpu, x, w, m, k);
     let key = if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else if coop {
+        PipelineKey::new(GEMM_COOP, &["F16"], &[])
     } else {
         PipelineKey::new(GEMM, &flags, &[])
     };
@@ -142,6 +162,8 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
         let wg = if gemv {
             let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
             [gx, gy, m as u32]
+        } else if coop {
+            [(pn as u32).div_ceil(64), (m as u32).div_ceil(64), 1]
         } else {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
@@ -226,6 +248,10 @@ fn cases() -> Vec<Case> {
         c(33, 64, 130, true, Act::None, true, usize::MAX),       // GEMM, N over one tile
         c(577, 24, 129, false, Act::GeluErf, false, usize::MAX), // GEMM, vision-like rows
         c(130, 257, 33, true, Act::None, false, usize::MAX),     // GEMM, K not a multiple of 8
+        // Shapes the tensor-core GEMM takes (f16 x and W where Caps::coop16): edge tiles in
+        // both dimensions, then two weight parts with a residual.
+        c(77, 80, 50, true, Act::GeluErf, false, usize::MAX),
+        c(40, 96, 96, true, Act::None, true, 48),
     ]
 }
 
