@@ -2,8 +2,11 @@
 //! (`deepseek_vl/models/image_processing_vlm.py`), which works on PIL images:
 //!
 //! 1. decode (PNG, JPEG, WebP, GIF's first frame, BMP) and `convert('RGB')`: alpha dropped, not
-//!    composited; grey replicated; palettes expanded; 16-bit samples as Pillow opens them
-//!    (RGB, RGBA, grey+alpha: the high byte; grey, which Pillow opens as `I;16`: clipped at 255);
+//!    composited; grey replicated; palettes expanded; CMYK JPEGs converted as Pillow does;
+//!    animated GIF/WebP give their first frame; 16-bit samples as Pillow opens them
+//!    (RGB, RGBA, grey+alpha: the high byte; grey, which Pillow opens as `I;16`: clipped at 255).
+//!    EXIF orientation is ignored on purpose: the original calls `Image.open(..).convert('RGB')`
+//!    and never `ImageOps.exif_transpose`, so the model saw stored pixels (tests/preprocess.rs);
 //! 2. `m = max(w, h)`, size `(max(int(h / m * S), 14), max(int(w / m * S), 14))` (height, width);
 //! 3. `Image.resize(..., BICUBIC)` (antialiased) on the GPU, bit for bit with Pillow
 //!    (`ops::interp::resize_bicubic`, `ResizeMode::Pil8`), written straight into the padded
