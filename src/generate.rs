@@ -76,7 +76,7 @@ impl<'m> Session<'m> {
         if m == 0 {
             return Err(Error::Invalid("empty prompt".into()));
         }
-        if m + opts.max_new_tokens > self.cache.capacity {
+        if m.saturating_add(opts.max_new_tokens) > self.cache.capacity {
             return Err(context_error(m, opts.max_new_tokens, self.cache.capacity));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
@@ -183,7 +183,7 @@ impl Model {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        let capacity = ids.len() + opts.max_new_tokens;
+        let capacity = ids.len().saturating_add(opts.max_new_tokens);
         if capacity > self.cfg.llm.max_positions {
             return Err(context_error(ids.len(), opts.max_new_tokens, self.cfg.llm.max_positions));
         }

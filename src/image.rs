@@ -168,6 +168,29 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage8> {
     to_rgb8_like_pil(img)
 }
 
+/// Reads an image file for [`decode_rgb`]: only a regular file of at most `limits.max_alloc`
+/// bytes, so a FIFO, `/dev/zero` or a runaway file cannot exhaust memory before decoding.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_image_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |message: String| Error::Io { path: path.display().to_string(), message };
+    let f = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(io("not a regular file".into()));
+    }
+    if meta.len() > limits.max_alloc {
+        return Err(io(format!("{} bytes exceeds the {}-byte limit for an image file", meta.len(), limits.max_alloc)));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The length is re-bounded while reading, in case the file grows meanwhile.
+    f.take(limits.max_alloc + 1).read_to_end(&mut bytes).map_err(|e| io(e.to_string()))?;
+    if bytes.len() as u64 > limits.max_alloc {
+        return Err(io(format!("grew past the {}-byte limit while being read", limits.max_alloc)));
+    }
+    Ok(bytes)
+}
+
 /// `convert('RGB')` of what Pillow would have opened.
 fn to_rgb8_like_pil(img: ::image::DynamicImage) -> Result<RgbImage8> {
     use ::image::DynamicImage as D;

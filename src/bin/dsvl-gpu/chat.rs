@@ -66,7 +66,7 @@ pub fn chat(gpu: &Gpu, a: RunArgs) -> Result<()> {
         // Drop the oldest turns (with their images) until the prompt and answer fit.
         let enc = loop {
             match encode(&tok, &conv, n_img) {
-                Ok(enc) if enc.ids.len() + a.max_new_tokens <= capacity => break Ok(enc),
+                Ok(enc) if enc.ids.len().saturating_add(a.max_new_tokens) <= capacity => break Ok(enc),
                 Ok(_) if conv.messages.len() > 1 => {
                     let dropped: usize = conv.messages.drain(..2).map(|m| m.images).sum();
                     pixels.drain(..dropped);
