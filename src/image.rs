@@ -174,6 +174,11 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage8> {
 pub fn read_image_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
     use std::io::Read;
     let io = |message: String| Error::Io { path: path.display().to_string(), message };
+    // Checked before opening too: opening a FIFO blocks until someone writes to it.
+    let regular = |m: std::io::Result<std::fs::Metadata>| m.map(|m| m.is_file()).map_err(|e| io(e.to_string()));
+    if !regular(std::fs::metadata(path))? {
+        return Err(io("not a regular file".into()));
+    }
     let f = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
     let meta = f.metadata().map_err(|e| io(e.to_string()))?;
     if !meta.is_file() {

@@ -161,8 +161,11 @@ impl Gpu {
                             .enumerate()
                             .map(|(i, a)| format!("[{i}] {}", a.name))
                             .collect();
-                        let available = if names.is_empty() { "none".into() } else { names.join(", ") };
-                        return Err(Error::AdapterNotFound { wanted: sel.clone(), available });
+                        if names.is_empty() {
+                            // Nothing to choose from: say what to install, not just what is missing.
+                            return Err(Error::NoAdapter(format!("none at all, so none matches `{sel}`")));
+                        }
+                        return Err(Error::AdapterNotFound { wanted: sel.clone(), available: names.join(", ") });
                     }
                 }
             }

@@ -144,7 +144,7 @@ pub fn load_image(gpu: &Gpu, model: &Model, path: &Path) -> Result<dsvl_gpu::Ten
     let limits = DecodeLimits::default();
     let bytes = read_image_file(path, &limits).context("reading image")?;
     let img = decode_rgb(&bytes, &limits).with_context(|| format!("image {}", path.display()))?;
-    Ok(pollster::block_on(preprocess(gpu, &icfg, &img))?)
+    pollster::block_on(preprocess(gpu, &icfg, &img)).with_context(|| format!("image {}", path.display()))
 }
 
 /// Sampling settings from the command line, with HF's ranges.
