@@ -72,44 +72,6 @@ fn token_name(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// Checks a BPE model's merges before `tokenizers` builds it: its builder (0.23) slices a
-/// buffer as long as the longest token with `a.len() + b.len() - prefix.len()` before looking the
-/// merged token up, so a merge whose result is not in the vocabulary, or whose second half lacks
-/// `continuing_subword_prefix`, panics (found by tests/fuzz.rs). Malformed entries are left to
-/// `tokenizers`, which reports them.
-fn check_bpe_merges(tokenizer_json: &[u8]) -> Result<()> {
-    use serde_json::Value;
-    #[derive(serde::Deserialize)]
-    struct Top {
-        model: Option<Value>,
-    }
-    let Ok(Top { model: Some(model) }) = serde_json::from_slice::<Top>(tokenizer_json) else { return Ok(()) };
-    let (Some(Value::Object(vocab)), Some(Value::Array(merges))) = (model.get("vocab"), model.get("merges")) else { return Ok(()) };
-    let prefix = model.get("continuing_subword_prefix").and_then(Value::as_str).unwrap_or("");
-    for (i, m) in merges.iter().enumerate() {
-        let (a, b) = match m {
-            Value::String(s) => match s.split_once(' ') {
-                Some(p) => p,
-                None => continue,
-            },
-            Value::Array(p) if p.len() == 2 => match (p[0].as_str(), p[1].as_str()) {
-                (Some(a), Some(b)) => (a, b),
-                _ => continue,
-            },
-            _ => continue,
-        };
-        if !vocab.contains_key(a) || !vocab.contains_key(b) {
-            continue; // tokenizers reports these itself
-        }
-        let joined = b.strip_prefix(prefix).map(|rest| format!("{a}{rest}"));
-        if !joined.as_ref().is_some_and(|j| vocab.contains_key(j)) {
-            let what = if joined.is_none() { format!("`{b}` lacks the continuing_subword_prefix `{prefix}`") } else { "their merge is not in the vocabulary".into() };
-            return Err(tok_err("tokenizer.json", format!("model.merges[{i}] (`{a}`, `{b}`): {what}")));
-        }
-    }
-    Ok(())
-}
-
 impl PromptTokenizer {
     /// Loads `tokenizer.json` and, when given, `special_tokens_map.json` and `tokenizer_config.json` (which name BOS
     /// and EOS; the first one that names a token wins). `image_tag` defaults to `<image_placeholder>`.
@@ -119,7 +81,7 @@ impl PromptTokenizer {
         tokenizer_config: Option<&[u8]>,
         image_tag: Option<&str>,
     ) -> Result<Self> {
-        check_bpe_merges(tokenizer_json)?;
+        crate::tokenizer_check::check(tokenizer_json).map_err(|m| tok_err("tokenizer.json", m))?;
         let tok = Tokenizer::from_bytes(tokenizer_json).map_err(|e| tok_err("tokenizer.json", e))?;
         let mut names: Vec<(&str, serde_json::Value)> = Vec::new();
         for (file, bytes) in [("special_tokens_map.json", special_tokens_map), ("tokenizer_config.json", tokenizer_config)] {
