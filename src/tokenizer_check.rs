@@ -1,7 +1,8 @@
 //! Checks of `tokenizer.json` for what `tokenizers` 0.23 panics on instead of failing (each
 //! found by tests/fuzz.rs; the inputs are in tests/fixtures/regress/tokenizer/):
 //!
-//! - a JSON syntax error inside `decoder` (`DecoderWrapper`'s deserializer calls `expect`);
+//! - a JSON syntax error or an invalid `\u` escape inside `decoder` (`DecoderWrapper`'s
+//!   deserializer calls `expect`);
 //! - a BPE merge whose result is not in the vocabulary, or whose second token lacks
 //!   `continuing_subword_prefix`: the builder copies both into a buffer as long as the longest
 //!   token before looking the result up (out-of-range slice, or an underflow);
@@ -17,6 +18,10 @@ use serde_json::Value;
 struct Top {
     model: Option<Value>,
     post_processor: Option<Value>,
+    /// Decoded (not skipped) so that what breaks `decoder`'s `expect` breaks here: skipping a
+    /// string does not check its `\u` escapes.
+    #[allow(dead_code)]
+    decoder: Option<Value>,
 }
 
 /// Ok, or what is wrong (the caller names the file).
