@@ -73,7 +73,7 @@ fn run() -> Result<()> {
     let open = || pollster::block_on(Gpu::new(&opts)).context("opening the GPU");
     match cli.cmd {
         Cmd::Run(args) => run::run(&open()?, args)?,
-        Cmd::Chat(args) => chat::chat(&open()?, args)?,
+        Cmd::Chat(args) => chat::chat(&open, args)?,
         Cmd::Selftest => selftest::selftest(&open()?)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());
