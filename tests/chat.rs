@@ -138,3 +138,14 @@ fn device_lost_mid_answer_is_reported_and_the_chat_goes_on() {
     assert_eq!(got.len(), 4, "{got:?}");
     assert_eq!([&got[0], &got[2], &got[3]], [&want[0], &want[1], &want[2]]);
 }
+
+#[test]
+fn a_message_too_long_for_the_context_is_refused_without_losing_the_chat() {
+    let long = "word ".repeat(3000);
+    let (ok, want, _) = chat_once("hello\nagain\n", &[]);
+    assert!(ok && want.len() == 2, "{want:?}");
+    let (ok, got, err) = chat_once(&format!("hello\n{long}\nagain\n"), &[]);
+    assert!(ok && err.contains("does not fit the context") && !err.contains("context full"), "{err}");
+    // "again" answered with "hello" and its answer still in the context: the same answer.
+    assert_eq!(got, want);
+}

@@ -102,19 +102,26 @@ pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
             st.conv.user(text.to_string(), st.pending.len());
             pixels.append(&mut pending);
             st.images.append(&mut st.pending);
-            // Drop the oldest turns (with their images) until the prompt and answer fit.
-            let enc = loop {
-                match encode(&tok, &st.conv, n_img) {
-                    Ok(enc) if enc.ids.len().saturating_add(a.max_new_tokens) <= capacity => break Ok(enc),
-                    Ok(_) if st.conv.messages.len() > 1 => {
-                        let dropped: usize = st.conv.messages.drain(..2).map(|m| m.images).sum();
-                        pixels.drain(..dropped);
-                        st.images.drain(..dropped);
-                        eprintln!("(context full: dropped the oldest turn)");
+            // A message that cannot fit even alone is refused before any history is dropped;
+            // otherwise the oldest turns (with their images) go until the prompt and answer fit.
+            let too_long = |n: usize| anyhow::anyhow!("your message alone ({n} tokens) does not fit the context of {capacity}");
+            let alone = Conversation { system: st.conv.system.clone(), messages: st.conv.messages[st.conv.messages.len() - 1..].to_vec() };
+            let enc = match encode(&tok, &alone, n_img) {
+                Err(e) => Err(e.into()),
+                Ok(e) if e.ids.len().saturating_add(a.max_new_tokens) > capacity => Err(too_long(e.ids.len())),
+                Ok(_) => loop {
+                    match encode(&tok, &st.conv, n_img) {
+                        Ok(enc) if enc.ids.len().saturating_add(a.max_new_tokens) <= capacity => break Ok(enc),
+                        Ok(_) if st.conv.messages.len() > 1 => {
+                            let dropped: usize = st.conv.messages.drain(..2).map(|m| m.images).sum();
+                            pixels.drain(..dropped);
+                            st.images.drain(..dropped);
+                            eprintln!("(context full: dropped the oldest turn)");
+                        }
+                        Ok(enc) => break Err(too_long(enc.ids.len())),
+                        Err(e) => break Err(e.into()),
                     }
-                    Ok(enc) => break Err(anyhow::anyhow!("your message alone ({} tokens) does not fit the context of {capacity}", enc.ids.len())),
-                    Err(e) => break Err(e.into()),
-                }
+                },
             };
             let enc = match enc {
                 Ok(e) => e,
