@@ -37,6 +37,13 @@ impl<'m> Session<'m> {
         if capacity == 0 || capacity > max {
             return Err(Error::Invalid(format!("session of {capacity} tokens: the context holds 1..={max}")));
         }
+        // Each layer's keys (and values) live in one binding: say how long a context can be.
+        let row = (model.cfg.llm.kv_heads * model.cfg.llm.head_dim * model.act.size()) as u64;
+        let limit = gpu.caps.max_binding.min(gpu.caps.max_buffer);
+        if capacity as u64 * row > limit {
+            let what = format!("a context of {capacity} tokens (at most {} fit)", limit / row);
+            return Err(Error::BindingLimit { op: "KV cache", what, needed: capacity as u64 * row, limit });
+        }
         let cache = KvCache::new(gpu, &model.cfg.llm, capacity, model.act)?;
         Ok(Session { model, cache, cached: Vec::new(), prefilled: 0 })
     }

@@ -351,6 +351,13 @@ fn prompts(b: &mut Builder) {
     push(b, "max-new-tokens beyond the context", args("hi", 0, "100000"), Expect::Error(vec!["100000 new tokens exceeds the context"]));
     push(b, "max-new-tokens 2^64-1", args("hi", 0, &u64::MAX.to_string()), Expect::Error(vec!["exceeds the context"]));
     push(b, "empty prompt", args("", 0, "2"), Expect::Answer("\"prompt_tokens\""));
+    // The model allows 16M positions, the adapter's binding limit far fewer.
+    let m = b.model("context beyond the binding limit", |d| {
+        let mut v = json_of(&format!("{FX}/config.json"));
+        v["language_config"]["max_position_embeddings"] = json!(16_000_000);
+        put(&d.join("config.json"), &serde_json::to_vec(&v).unwrap());
+    });
+    b.add("context beyond the binding limit", &["run", "--model", &m, "--prompt", "hi", "--json", "--max-new-tokens", "10000000"], &[], Expect::Error(vec!["KV cache: a context of 10000", "fit"]));
     let chat = |extra: &[&str]| -> Vec<String> { ["chat", "--model", FX].iter().chain(extra).map(|s| s.to_string()).collect() };
     let mut c = Case { name: "chat with a context of 0".into(), args: chat(&["--context", "0"]), env: Vec::new(), stdin: Some(b"hi\n".to_vec()), expect: Expect::Error(vec!["session of 0 tokens"]) };
     b.cases.push(c);
