@@ -34,6 +34,7 @@ struct Outcome {
 }
 
 /// Runs the binary and waits for it with wait4, which also reports its peak RSS.
+#[allow(clippy::zombie_processes)] // reaped by wait4, not Child::wait
 fn run(case: &Case) -> Outcome {
     let t0 = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsvl-gpu"));

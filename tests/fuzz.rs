@@ -260,7 +260,7 @@ fn target_tokenizer(bytes: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(config(40))]
+    #![proptest_config(config(150))]
     #[test]
     fn fuzz_tokenizer_json(je in prop::collection::vec(json_edit(TOK_KEYS), 1..4), be in prop::collection::vec(edit(), 0..2)) {
         let mut v: Value = serde_json::from_slice(&fixture("tests/fixtures/dsvl/tiny-orig/tokenizer.json")).unwrap();
@@ -408,7 +408,8 @@ proptest! {
 /// Every input under tests/fixtures/regress/TARGET/ goes through its target again.
 #[test]
 fn regressions_replay() {
-    let targets: [(&str, fn(&[u8])); 7] = [
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 7] = [
         ("safetensors", target_safetensors),
         ("index", target_index),
         ("config", target_config),
