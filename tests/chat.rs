@@ -137,6 +137,11 @@ fn device_lost_mid_answer_is_reported_and_the_chat_goes_on() {
     // all, then the next one: as if nothing had happened.
     assert_eq!(got.len(), 4, "{got:?}");
     assert_eq!([&got[0], &got[2], &got[3]], [&want[0], &want[1], &want[2]]);
+    // Lost again while answering again: that message is given up (its image stays attached),
+    // and the chat goes on.
+    let (ok, got, err) = chat_once(input, &[("DSVL_FAULT_DEVICE_LOST_AT_TURN", "2,3")]);
+    assert!(ok && err.matches("error: GPU device lost").count() == 2 && err.contains("reloading the model)"), "{err}");
+    assert_eq!(got.len(), 4, "{got:?}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! preprocessor_config.json / processor_config.json, tokenizer.json, image decoding and the
 //! preprocessing geometry, prompt building, and streaming detokenisation.
 //!
-//! The seed is fixed, so CI runs the same cases every time (about 10 s in a debug build); explore
+//! The seed is fixed, so CI runs the same cases every time (10 to 15 s in a debug build); explore
 //! further with `PROPTEST_CASES=20000 PROPTEST_RNG_SEED=N cargo test --test fuzz`. A failing
 //! input is saved under `target/tmp/fuzz-failures/TARGET/` in the target's raw byte format;
 //! once fixed, copy it to `tests/fixtures/regress/TARGET/`, which `regressions_replay` runs.

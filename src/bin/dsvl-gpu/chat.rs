@@ -6,8 +6,9 @@
 //! A failed turn is reported and taken back (its images stay attached for the next message);
 //! the conversation goes on. When the GPU device is lost, the GPU is opened again, the model
 //! reloaded and the message answered again; the conversation continues where it was (images are
-//! kept by path and preprocessed again). `DSVL_FAULT_DEVICE_LOST_AT_TURN=N` destroys the device during the Nth
-//! answer, to test that.
+//! kept by path and preprocessed again). A message that loses the device a second time is given
+//! up. To test this, `DSVL_FAULT_DEVICE_LOST_AT_TURN=N[,M...]` destroys the device during those
+//! answers (counted from 1, answers given again included).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ fn report(e: &anyhow::Error) {
 pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
     let system = a.system.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string());
     let mut st = State { conv: Conversation::with_system(system.clone()), images: Vec::new(), pending: a.images.clone() };
-    let lose_at: Option<usize> = std::env::var("DSVL_FAULT_DEVICE_LOST_AT_TURN").ok().and_then(|v| v.parse().ok());
+    let lose_at: Vec<usize> = std::env::var("DSVL_FAULT_DEVICE_LOST_AT_TURN").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect();
     let mut turn = 0;
     let stdin = std::io::stdin();
     let mut banner = true;
@@ -60,6 +61,7 @@ pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
         }
         let mut line = Vec::new();
         loop {
+            let is_retry = retry.is_some();
             let owned = match retry.take() {
                 Some(t) => t,
                 None => {
@@ -138,7 +140,7 @@ pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
             let mut answer = String::new();
             let mut failed = None;
             let result = pollster::block_on(session.respond(&gpu, &enc.ids, tok.image_id(), &pixels, &opts, &mut |id| {
-                if lose_at == Some(turn) && answer.is_empty() {
+                if lose_at.contains(&turn) && answer.is_empty() {
                     gpu.device.destroy();
                 }
                 match stream.push(id) {
@@ -170,8 +172,10 @@ pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
                     report(&e.into());
                     take_back(&mut st, &mut pixels, &mut pending);
                     if let Some(why) = gpu.lost() {
-                        eprintln!("(the GPU device was lost ({why}); opening it again, reloading the model and answering again)");
-                        retry = Some(text.to_string());
+                        // Answered again once; a message that loses the device twice is dropped.
+                        let again = if is_retry { "" } else { " and answering again" };
+                        eprintln!("(the GPU device was lost ({why}); opening it again, reloading the model{again})");
+                        retry = (!is_retry).then(|| text.to_string());
                         break;
                     }
                 }
