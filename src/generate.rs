@@ -39,6 +39,13 @@ impl<'m> Session<'m> {
         if capacity == 0 || capacity > max {
             return Err(Error::Invalid(format!("session of {capacity} tokens: the context holds 1..={max}")));
         }
+        // Each layer's keys and values live in one binding: say how long a context can be.
+        let row = (2 * model.cfg.llm.kv_heads * model.cfg.llm.head_dim * model.act.size()) as u64;
+        let limit = gpu.caps.max_binding.min(gpu.caps.max_buffer);
+        if capacity as u64 * row > limit {
+            let what = format!("a context of {capacity} tokens (at most {} fit)", limit / row);
+            return Err(Error::BindingLimit { op: "KV cache", what, needed: capacity as u64 * row, limit });
+        }
         let cache = KvCache::new(gpu, &model.cfg.llm, capacity, model.act)?;
         Ok(Session { model, cache, cached: Vec::new(), prefilled: 0, timings: RespondTimings::default() })
     }
@@ -159,7 +166,7 @@ impl<'m> Session<'m> {
         if m == 0 {
             return Err(Error::Invalid("empty prompt".into()));
         }
-        if m + opts.max_new_tokens > self.cache.capacity {
+        if m.saturating_add(opts.max_new_tokens) > self.cache.capacity {
             return Err(context_error(m, opts.max_new_tokens, self.cache.capacity));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
@@ -290,7 +297,7 @@ impl Model {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        let capacity = ids.len() + opts.max_new_tokens;
+        let capacity = ids.len().saturating_add(opts.max_new_tokens);
         if capacity > self.cfg.llm.max_positions {
             return Err(context_error(ids.len(), opts.max_new_tokens, self.cfg.llm.max_positions));
         }

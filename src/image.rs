@@ -2,8 +2,11 @@
 //! (`deepseek_vl/models/image_processing_vlm.py`), which works on PIL images:
 //!
 //! 1. decode (PNG, JPEG, WebP, GIF's first frame, BMP) and `convert('RGB')`: alpha dropped, not
-//!    composited; grey replicated; palettes expanded; 16-bit samples as Pillow opens them
-//!    (RGB, RGBA, grey+alpha: the high byte; grey, which Pillow opens as `I;16`: clipped at 255);
+//!    composited; grey replicated; palettes expanded; CMYK JPEGs converted as Pillow does;
+//!    animated GIF/WebP give their first frame; 16-bit samples as Pillow opens them
+//!    (RGB, RGBA, grey+alpha: the high byte; grey, which Pillow opens as `I;16`: clipped at 255).
+//!    EXIF orientation is ignored on purpose: the original calls `Image.open(..).convert('RGB')`
+//!    and never `ImageOps.exif_transpose`, so the model saw stored pixels (tests/preprocess.rs);
 //! 2. `m = max(w, h)`, size `(max(int(h / m * S), 14), max(int(w / m * S), 14))` (height, width);
 //! 3. `Image.resize(..., BICUBIC)` (antialiased) on the GPU, bit for bit with Pillow
 //!    (`ops::interp::resize_bicubic`, `ResizeMode::Pil8`), written straight into the padded
@@ -163,6 +166,34 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage8> {
     r.limits(l);
     let img = r.decode().map_err(image_err)?;
     to_rgb8_like_pil(img)
+}
+
+/// Reads an image file for [`decode_rgb`]: only a regular file of at most `limits.max_alloc`
+/// bytes, so a FIFO, `/dev/zero` or a runaway file cannot exhaust memory before decoding.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_image_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |message: String| Error::Io { path: path.display().to_string(), message };
+    // Checked before opening too: opening a FIFO blocks until someone writes to it.
+    let regular = |m: std::io::Result<std::fs::Metadata>| m.map(|m| m.is_file()).map_err(|e| io(e.to_string()));
+    if !regular(std::fs::metadata(path))? {
+        return Err(io("not a regular file".into()));
+    }
+    let f = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(io("not a regular file".into()));
+    }
+    if meta.len() > limits.max_alloc {
+        return Err(io(format!("{} bytes exceeds the {}-byte limit for an image file", meta.len(), limits.max_alloc)));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The length is re-bounded while reading, in case the file grows meanwhile.
+    f.take(limits.max_alloc + 1).read_to_end(&mut bytes).map_err(|e| io(e.to_string()))?;
+    if bytes.len() as u64 > limits.max_alloc {
+        return Err(io(format!("grew past the {}-byte limit while being read", limits.max_alloc)));
+    }
+    Ok(bytes)
 }
 
 /// `convert('RGB')` of what Pillow would have opened.

@@ -11,6 +11,7 @@ pub mod model;
 pub mod ops;
 pub mod check;
 pub mod prompt;
+mod tokenizer_check;
 pub mod text;
 pub mod image;
 #[cfg(not(target_arch = "wasm32"))]

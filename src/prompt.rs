@@ -81,6 +81,7 @@ impl PromptTokenizer {
         tokenizer_config: Option<&[u8]>,
         image_tag: Option<&str>,
     ) -> Result<Self> {
+        crate::tokenizer_check::check(tokenizer_json).map_err(|m| tok_err("tokenizer.json", m))?;
         let tok = Tokenizer::from_bytes(tokenizer_json).map_err(|e| tok_err("tokenizer.json", e))?;
         let mut names: Vec<(&str, serde_json::Value)> = Vec::new();
         for (file, bytes) in [("special_tokens_map.json", special_tokens_map), ("tokenizer_config.json", tokenizer_config)] {

@@ -3,12 +3,14 @@
 //! Pillow 13.0.0, so the resize uses `ResizeOrder::Pillow13`).
 //!
 //! - decoding + `convert('RGB')`: PNG (8/16-bit grey, grey+alpha, RGB, RGBA), GIF (palette,
-//!   animated), WebP lossless and BMP byte-equal to Pillow; JPEG 4:4:4 and grey within 2 levels
-//!   (zune-jpeg vs libjpeg-turbo IDCT rounding; measured 2 and 1); chroma-subsampled JPEG
+//!   animated), WebP (lossless, animated: the first frame) and BMP byte-equal to Pillow; JPEG
+//!   4:4:4, grey and CMYK within 2 levels (zune-jpeg vs libjpeg-turbo IDCT rounding; measured 2,
+//!   1 and 1); EXIF orientation ignored, as the original (no `exif_transpose`: a 48x32 JPEG
+//!   tagged "rotate 90" stays 48x32); chroma-subsampled JPEG
 //!   (4:2:0, 4:2:2) within 24 levels (the decoders upsample chroma differently; measured 8, 21);
 //! - the padded S x S canvas (resize + pad, before normalisation) in the 8-bit domain, over
 //!   every case but the subsampled JPEGs: >= 99.9% of values within one level of Pillow's, none
-//!   beyond 2 (measured: 99.992%, max 2, all differences from the JPEG decoder; every
+//!   beyond 2 (measured: 99.990%, max 2, all differences from the JPEG decoder; every
 //!   non-JPEG case is exact). Subsampled JPEGs: mean |diff| <= 0.5, max <= 24 (measured 0.231, 23);
 //! - the normalised output against `(canvas / 255 - mean) / std` in f64: within 1e-6
 //!   (measured 1.5e-7);

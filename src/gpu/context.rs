@@ -89,6 +89,9 @@ pub struct Gpu {
     pub(crate) pool: BufferPool,
     /// Errors wgpu reported outside any error scope; checked after every submission.
     pub(crate) uncaptured: Arc<Mutex<Vec<Uncaptured>>>,
+    /// Set by wgpu's device-lost callback: why the device was lost. Every error after that is
+    /// reported as `Error::DeviceLost`, so callers know to open a new `Gpu`.
+    pub(crate) lost: Arc<Mutex<Option<String>>>,
     /// Skip wgpu's shader bounds checks (native opt-in via DSVL_UNCHECKED_SHADERS=1).
     pub(crate) unchecked_shaders: bool,
     /// Browser only: pipeline-creation error scopes still to be resolved (they resolve
@@ -167,8 +170,11 @@ impl Gpu {
                             .enumerate()
                             .map(|(i, a)| format!("[{i}] {}", a.name))
                             .collect();
-                        let available = if names.is_empty() { "none".into() } else { names.join(", ") };
-                        return Err(Error::AdapterNotFound { wanted: sel.clone(), available });
+                        if names.is_empty() {
+                            // Nothing to choose from: say what to install, not just what is missing.
+                            return Err(Error::NoAdapter(format!("none at all, so none matches `{sel}`")));
+                        }
+                        return Err(Error::AdapterNotFound { wanted: sel.clone(), available: names.join(", ") });
                     }
                 }
             }
@@ -234,6 +240,13 @@ impl Gpu {
                 v.push(e.into());
             }
         }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut l) = flag.lock() {
+                l.get_or_insert_with(|| crate::error::one_line(&format!("{reason:?}: {message}")));
+            }
+        });
         let max_binding = opts
             .max_binding
             .map_or(limits.max_storage_buffer_binding_size, |m| m.min(limits.max_storage_buffer_binding_size));
@@ -262,6 +275,7 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             pool: BufferPool::default(),
             uncaptured,
+            lost,
             unchecked_shaders: cfg!(not(target_arch = "wasm32"))
                 && std::env::var("DSVL_UNCHECKED_SHADERS").is_ok_and(|v| v == "1"),
             #[cfg(target_arch = "wasm32")]
@@ -269,8 +283,24 @@ impl Gpu {
         })
     }
 
+    /// Why the device was lost, if it was: then nothing on this `Gpu` works again; open a new one.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// `e`, or `Error::DeviceLost` when the device is gone (what failed is then only a symptom).
+    pub(crate) fn lost_or(&self, context: &str, e: Error) -> Error {
+        match self.lost() {
+            Some(why) => Error::DeviceLost(format!("{why} (during {context})")),
+            None => e,
+        }
+    }
+
     /// Returns (and clears) the first error wgpu reported outside our error scopes.
     pub(crate) fn take_uncaptured(&self, context: &str) -> Result<()> {
+        if let Some(why) = self.lost() {
+            return Err(Error::DeviceLost(format!("{why} (during {context})")));
+        }
         let first = self.uncaptured.lock().ok().and_then(|mut v| if v.is_empty() { None } else { Some(v.remove(0)) });
         let context = context.to_string();
         match first {

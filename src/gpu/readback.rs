@@ -51,10 +51,10 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
         rx.await
-            .map_err(|_| Error::Readback("the map callback was dropped (device lost?)".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|_| self.lost_or("read-back", Error::Readback("the map callback was dropped".into())))?
+            .map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
         let out = {
             let view = staging.get_mapped_range(..size).map_err(|e| Error::Readback(e.to_string()))?;
             view[..bytes as usize].to_vec()
@@ -79,7 +79,7 @@ impl Gpu {
         let v = val.pop().await;
         let o = oom.pop().await;
         if let Some(e) = v.or(o) {
-            return Err(Error::from_wgpu(context, e));
+            return Err(self.lost_or(context, Error::from_wgpu(context, e)));
         }
         self.take_uncaptured(context)?;
         Ok(index)
@@ -111,13 +111,13 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::Wait { submission_index: Some(read.index), timeout: None })
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
         #[cfg(target_arch = "wasm32")]
         let _ = read.index;
         read.rx
             .await
-            .map_err(|_| Error::Readback("the map callback was dropped (device lost?)".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|_| self.lost_or("read-back", Error::Readback("the map callback was dropped".into())))?
+            .map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
         let out = {
             let view = staging.get_mapped_range(..read.bytes).map_err(|e| Error::Readback(e.to_string()))?;
             view.to_vec()

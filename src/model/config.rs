@@ -146,7 +146,7 @@ impl<'a> Obj<'a> {
     fn int(&self, key: &str) -> Result<Option<i64>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) if n.as_i64().is_some_and(|i| i.abs() <= MAX_LAYERS as i64) => Ok(n.as_i64()),
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|i| i.unsigned_abs() <= MAX_LAYERS as u64) => Ok(n.as_i64()),
             Some(v) => Err(self.err(key, format!("expected a small integer, got {v}"))),
         }
     }
@@ -173,7 +173,11 @@ impl<'a> Obj<'a> {
 
     /// Three finite numbers (image_mean / image_std); a single number is repeated.
     fn triple(&self, key: &str, positive: bool) -> Result<Option<[f32; 3]>> {
-        let ok = |f: f64| f.is_finite() && f.abs() < 1e6 && (!positive || f > 0.0);
+        // Checked as the f32 it becomes: 1e-300 is positive in f64 but a zero std in f32.
+        let ok = |f: f64| {
+            let x = f as f32;
+            x.is_finite() && x.abs() < 1e6 && (!positive || (x > 0.0 && x.is_normal()))
+        };
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) if n.as_f64().is_some_and(ok) => Ok(Some([n.as_f64().unwrap_or(0.0) as f32; 3])),

@@ -217,6 +217,17 @@ fn weight_err(file: &str, tensor: &str, message: impl Into<String>) -> Error {
     Error::Weight { file: file.to_string(), tensor: tensor.to_string(), message: message.into() }
 }
 
+/// GPU limit and memory errors name the tensor that hit them.
+fn named(e: Error, file: &str, tensor: &str) -> Error {
+    let at = |what: String| format!("{what} of tensor `{tensor}` in {file}");
+    match e {
+        Error::BindingLimit { op, what, needed, limit } => Error::BindingLimit { op, what: at(what), needed, limit },
+        Error::BufferLimit { what, needed, limit } => Error::BufferLimit { what: at(what), needed, limit },
+        Error::OutOfMemory { context } => Error::OutOfMemory { context: at(context) },
+        e => e,
+    }
+}
+
 /// Host decode of a small tensor (norms, biases, positions) to f32.
 fn decode(t: &TensorInfo, bytes: &[u8]) -> Vec<f32> {
     match t.dtype {
@@ -243,18 +254,18 @@ impl Loader<'_> {
 
     /// A 1-D tensor (norm weight, bias) as f32.
     fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
-        let (t, bytes, _) = self.get(name, &[n])?;
+        let (t, bytes, file) = self.get(name, &[n])?;
         let data = decode(t, bytes);
         let len = bytes.len();
-        let out = Tensor::from_f32(self.gpu, &[n], DType::F32, &data)?;
+        let out = Tensor::from_f32(self.gpu, &[n], DType::F32, &data).map_err(|e| named(e, file, name))?;
         self.tick(len);
         Ok(out)
     }
 
     /// A weight matrix stored with `shape` (whose product is rows*cols) as [rows, cols] in the weight dtype.
     async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<RowSplit> {
-        let (t, bytes, _) = self.get(name, shape)?;
-        let m = upload_matrix(self.gpu, rows, cols, t.dtype, bytes, self.wdtype, usize::MAX).await?;
+        let (t, bytes, file) = self.get(name, shape)?;
+        let m = upload_matrix(self.gpu, rows, cols, t.dtype, bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, file, name))?;
         self.tick(bytes.len());
         Ok(m)
     }
@@ -302,7 +313,7 @@ impl Loader<'_> {
             bias.extend(decode(tb, bb));
         }
         let Some(dtype) = dtype else { return Err(Error::Invalid("qkv: no projections".into())) };
-        let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, self.wdtype, usize::MAX).await?;
+        let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, self.src.origin(), &names[0].0))?;
         let b = Tensor::from_f32(self.gpu, &[3 * w], DType::F32, &bias)?;
         self.tick(bytes.len() + bias.len() * dtype.size());
         Ok(Linear { w: m, b: Some(b) })
@@ -335,8 +346,8 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     // Vision tower. The conv weight [w, 3, p, p] is already [w, 3*p*p] in (c, ky, kx) order.
     let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p).await?, b: Some(ld.vector(&n.patch("bias"), w)?) };
     let pos_shape = if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] };
-    let (pi, pb, _) = ld.get(&n.pos(), &pos_shape)?;
-    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, pb))?; // [num_tokens, width]
+    let (pi, pb, pf) = ld.get(&n.pos(), &pos_shape)?;
+    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, pb)).map_err(|e| named(e, pf, &n.pos()))?; // [num_tokens, width]
     ld.tick(pb.len());
     let mut blocks = Vec::with_capacity(vc.layers);
     for i in 0..vc.layers {

@@ -76,7 +76,7 @@ fn run() -> Result<()> {
     let open = || pollster::block_on(Gpu::new(&opts)).context("opening the GPU");
     match cli.cmd {
         Cmd::Run(args) => run::run(&open()?, args)?,
-        Cmd::Chat(args) => chat::chat(&open()?, args)?,
+        Cmd::Chat(args) => chat::chat(&open, args)?,
         Cmd::Bench(args) => bench::bench(&open()?, args)?,
         Cmd::Selftest => selftest::selftest(&open()?)?,
         Cmd::Info => {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use dsvl_gpu::generate::{GenerateOptions, Session};
 use dsvl_gpu::gpu::{DType, Gpu};
-use dsvl_gpu::image::{decode_rgb, preprocess, DecodeLimits, ImageConfig};
+use dsvl_gpu::image::{decode_rgb, preprocess, read_image_file, DecodeLimits, ImageConfig};
 use dsvl_gpu::model::config::ModelConfig;
 use dsvl_gpu::model::llama::LogitRows;
 use dsvl_gpu::model::safetensors::TensorSource;
@@ -141,9 +141,10 @@ pub fn load_model(gpu: &Gpu, model_arg: &str, quant: &str, quiet: bool) -> Resul
 pub fn load_image(gpu: &Gpu, model: &Model, path: &Path) -> Result<dsvl_gpu::Tensor> {
     let v = &model.cfg.vision;
     let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
-    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-    let img = decode_rgb(&bytes, &DecodeLimits::default()).with_context(|| format!("image {}", path.display()))?;
-    Ok(pollster::block_on(preprocess(gpu, &icfg, &img))?)
+    let limits = DecodeLimits::default();
+    let bytes = read_image_file(path, &limits).context("reading image")?;
+    let img = decode_rgb(&bytes, &limits).with_context(|| format!("image {}", path.display()))?;
+    pollster::block_on(preprocess(gpu, &icfg, &img)).with_context(|| format!("image {}", path.display()))
 }
 
 /// Sampling settings from the command line, with HF's ranges.
