@@ -72,7 +72,7 @@ pub async fn bench_model(gpu: &Gpu, model: &Model, bos: u32, image_token: u32, p
     }
     let n_img = model.cfg.num_image_tokens;
     let ids = bench_prompt(bos, image_token, n_img, o.text_tokens, model.cfg.llm.vocab);
-    let capacity = ids.len() + o.decode_tokens;
+    let capacity = ids.len().saturating_add(o.decode_tokens);
     if capacity > model.cfg.llm.max_positions {
         return Err(Error::Invalid(format!("bench: {} prompt + {} new tokens exceed the context of {}", ids.len(), o.decode_tokens, model.cfg.llm.max_positions)));
     }

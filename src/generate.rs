@@ -10,7 +10,7 @@ use crate::gpu::{DType, Gpu, Recorder, StepList, Tensor};
 use crate::model::llama::{record_decoder, KvCache, LogitRows};
 use crate::model::vlm::Model;
 use crate::ops::convert::{convert, Source};
-use crate::ops::embedding::{embed, gather, image_positions};
+use crate::ops::embedding::{gather, image_positions};
 use crate::ops::sample::{advance, sample, History, Sampling};
 
 #[derive(Clone, Debug)]
@@ -192,7 +192,6 @@ impl<'m> Session<'m> {
         let new_ids = &ids[keep..];
         let new_positions: Vec<u32> = positions[first_new_image * n_img..].iter().map(|&p| p - keep as u32).collect();
         let new_images = &images[first_new_image..];
-        let s = new_ids.len();
         let total = self.cache.capacity;
         let act = model.act;
 
@@ -224,11 +223,7 @@ impl<'m> Session<'m> {
             (Some(rec.finish()?), rows)
         };
         let mut rec = Recorder::new(gpu);
-        let idt = Tensor::from_u32(gpu, &[s], new_ids)?;
-        let x = Tensor::empty(gpu, &[s, cfg.hidden], act)?;
-        let pos_t = Tensor::from_u32(gpu, &[new_positions.len().max(1)], if new_positions.is_empty() { &[0] } else { &new_positions })?;
-        embed(&mut rec, &idt, &model.weights.llm.embed, image_rows.as_ref().map(|r| (r, &pos_t)), &x)?;
-        record_decoder(&mut rec, cfg, &model.weights.llm, model.consts(), &self.cache, &x, &seq, LogitRows::Last, &head_out)?;
+        model.record_prefill(&mut rec, &self.cache, new_ids, keep, image_rows.as_ref().map(|r| (r, &new_positions[..])), LogitRows::Last, &head_out)?;
         widen(&mut rec)?;
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;

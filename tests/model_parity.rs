@@ -35,7 +35,10 @@ fn read_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn load(dir: &Path, act: DType) -> Model {
-    let gpu = common::gpu();
+    load_on(common::gpu(), dir, act)
+}
+
+fn load_on(gpu: &dsvl_gpu::Gpu, dir: &Path, act: DType) -> Model {
     let read = |f: &str| std::fs::read(dir.join(f)).ok();
     let cfg = ModelConfig::from_dir_files(&read("config.json").unwrap(), read("preprocessor_config.json").as_deref(), read("processor_config.json").as_deref()).unwrap();
     let src = TensorSource::open_dir(dir).unwrap();
@@ -49,14 +52,17 @@ fn run_fixture(name: &str) {
 
 /// `act` for weights and activations; `tol` bounds the relative L2 error of the logits.
 fn run_fixture_as(name: &str, act: DType, tol: f64) {
-    let gpu = common::gpu();
+    run_fixture_on(common::gpu(), name, act, tol);
+}
+
+fn run_fixture_on(gpu: &dsvl_gpu::Gpu, name: &str, act: DType, tol: f64) {
     if act == DType::F16 && !gpu.caps.f16 {
         eprintln!("{name}: adapter has no SHADER_F16; f16 activations not run");
         return;
     }
     let dir = fixture(name);
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
-    let model = load(&dir, act);
+    let model = load_on(gpu, &dir, act);
     let image_token = meta["image_token_id"].as_u64().unwrap() as u32;
     let s = model.cfg.vision.image_size;
     for case in meta["cases"].as_array().unwrap() {
@@ -108,6 +114,17 @@ fn tiny_hf_layout_matches_hf() {
 #[test]
 fn real_vocabulary_fixture_matches_hf() {
     run_fixture("vocab-orig");
+}
+
+/// Under a 256 KiB binding limit the prompt is prefilled in passes of 64 rows (the widest
+/// activation row is 4 KiB), image rows falling on both sides of a pass boundary.
+#[test]
+fn prefill_in_passes_under_a_small_binding_limit_matches_hf() {
+    let opts = dsvl_gpu::GpuOptions { max_binding: Some(256 << 10), ..dsvl_gpu::GpuOptions::from_env() };
+    let gpu = pollster::block_on(dsvl_gpu::Gpu::new(&opts)).unwrap();
+    let cfg = load_on(&gpu, &fixture("tiny-orig"), DType::F32).cfg.llm;
+    assert_eq!(dsvl_gpu::model::llama::max_pass_rows(&gpu, &cfg, DType::F32), 64);
+    run_fixture_on(&gpu, "tiny-orig", DType::F32, 1e-3);
 }
 
 #[test]

@@ -56,7 +56,7 @@ impl Gpu {
             .map_err(|_| self.lost_or("read-back", Error::Readback("the map callback was dropped".into())))?
             .map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
         let out = {
-            let view = staging.get_mapped_range(..size).map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.get_mapped_range(..size).map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
             view[..bytes as usize].to_vec()
         };
         staging.unmap();
@@ -119,7 +119,7 @@ impl Gpu {
             .map_err(|_| self.lost_or("read-back", Error::Readback("the map callback was dropped".into())))?
             .map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
         let out = {
-            let view = staging.get_mapped_range(..read.bytes).map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.get_mapped_range(..read.bytes).map_err(|e| self.lost_or("read-back", Error::Readback(e.to_string())))?;
             view.to_vec()
         };
         staging.unmap();

@@ -47,6 +47,16 @@ impl LlmConsts {
 pub enum LogitRows {
     Last,
     All,
+    /// None (a prefill chunk before the last): only the cache is filled.
+    None,
+}
+
+/// Rows of one prefill pass whose widest activation still fits one binding: a multiple of 8
+/// (so row views stay aligned) unless even 8 rows do not fit.
+pub fn max_pass_rows(gpu: &Gpu, cfg: &LlmConfig, act: DType) -> usize {
+    let width = cfg.hidden.max(cfg.heads * cfg.head_dim + 2 * cfg.kv_heads * cfg.head_dim).max(2 * cfg.intermediate);
+    let rows = (gpu.caps.max_binding / (width * act.size()) as u64).max(1) as usize;
+    if rows >= 8 { rows / 8 * 8 } else { rows }
 }
 
 /// Records the decoder over `x` ([m, hidden] input embeddings, overwritten: it is the residual
@@ -91,6 +101,7 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
     let (r0, n) = match rows {
         LogitRows::Last => (m - 1, 1),
         LogitRows::All => (0, m),
+        LogitRows::None => return Ok(()),
     };
     if logits.shape() != [n, cfg.vocab] {
         return Err(Error::Shape { op: "decoder", detail: format!("logits {:?}, expected [{n}, {}]", logits.shape(), cfg.vocab) });

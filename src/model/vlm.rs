@@ -2,7 +2,7 @@
 //! decoder → logits.
 
 use super::config::ModelConfig;
-use super::llama::{record_decoder, KvCache, LlmConsts, LogitRows};
+use super::llama::{max_pass_rows, record_decoder, KvCache, LlmConsts, LogitRows};
 use super::siglip::{record_aligner, record_tower};
 use super::weights::Weights;
 use crate::error::{Error, Result};
@@ -48,6 +48,46 @@ impl Model {
         Ok(Some(rows))
     }
 
+    /// Records the prefill of `ids` (the prompt's tokens after the `keep` already cached) into
+    /// `cache`, in passes small enough for the binding limit, and logits into `logits`: the last
+    /// row's ([1, vocab]) or every row's ([ids, vocab], each pass writing its rows).
+    /// `image` = (image rows, their positions within `ids`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_prefill(&self, rec: &mut Recorder, cache: &KvCache, ids: &[u32], keep: usize, image: Option<(&Tensor, &[u32])>, rows: LogitRows, logits: &Tensor) -> Result<()> {
+        let gpu = rec.gpu;
+        let cfg = &self.cfg.llm;
+        let per = max_pass_rows(gpu, cfg, self.act);
+        let s = ids.len();
+        let mut c0 = 0;
+        while c0 < s {
+            let c1 = (c0 + per).min(s);
+            let idt = Tensor::from_u32(gpu, &[c1 - c0], &ids[c0..c1])?;
+            let x = Tensor::empty(gpu, &[c1 - c0, cfg.hidden], self.act)?;
+            // Image rows outside this pass get a position past it, which the splice skips.
+            let mut splice = None;
+            if let Some((rows, positions)) = image {
+                if positions.iter().any(|&p| (c0..c1).contains(&(p as usize))) {
+                    let local: Vec<u32> = positions.iter().map(|&p| if (c0..c1).contains(&(p as usize)) { p - c0 as u32 } else { u32::MAX }).collect();
+                    splice = Some((rows, Tensor::from_u32(gpu, &[local.len()], &local)?));
+                }
+            }
+            embed(rec, &idt, &self.weights.llm.embed, splice.as_ref().map(|(r, p)| (*r, p)), &x)?;
+            let seq = Tensor::from_u32(gpu, &[2], &[(keep + c0) as u32, (keep + c1) as u32])?;
+            match rows {
+                LogitRows::All => {
+                    let out = logits.view(c0 * cfg.vocab, &[c1 - c0, cfg.vocab])?;
+                    record_decoder(rec, cfg, &self.weights.llm, &self.consts, cache, &x, &seq, LogitRows::All, &out)?;
+                }
+                _ => {
+                    let last = if c1 == s { rows } else { LogitRows::None };
+                    record_decoder(rec, cfg, &self.weights.llm, &self.consts, cache, &x, &seq, last, logits)?;
+                }
+            }
+            c0 = c1;
+        }
+        Ok(())
+    }
+
     /// Next-token logits after the whole prompt (`rows` = Last) or at every position (All), for
     /// token ids with every image token already expanded to `num_image_tokens` copies and one
     /// f32 [3, S, S] pixel tensor per image.
@@ -56,6 +96,9 @@ impl Model {
         let cfg = &self.cfg;
         if m == 0 {
             return Err(Error::Invalid("empty prompt".into()));
+        }
+        if rows == LogitRows::None {
+            return Err(Error::Invalid("prefill_logits: ask for the last row's logits or every row's".into()));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.llm.vocab) {
             return Err(Error::Invalid(format!("token id {bad} outside the vocabulary of {}", cfg.llm.vocab)));
@@ -71,22 +114,10 @@ impl Model {
         }
         let mut rec = Recorder::new(gpu);
         let image_rows = self.record_images(&mut rec, images)?;
-        let idt = Tensor::from_u32(gpu, &[m], ids)?;
-        let x = Tensor::empty(gpu, &[m, cfg.llm.hidden], self.act)?;
-        let pos_t;
-        let splice = match &image_rows {
-            Some(r) => {
-                pos_t = Tensor::from_u32(gpu, &[positions.len()], &positions)?;
-                Some((r, &pos_t))
-            }
-            None => None,
-        };
-        embed(&mut rec, &idt, &self.weights.llm.embed, splice, &x)?;
         let cache = KvCache::new(gpu, &cfg.llm, m, self.act)?;
-        let seq = Tensor::from_u32(gpu, &[2], &[0, m as u32])?;
         let n = if rows == LogitRows::All { m } else { 1 };
         let logits = Tensor::empty(gpu, &[n, cfg.llm.vocab], self.act)?;
-        record_decoder(&mut rec, &cfg.llm, &self.weights.llm, &self.consts, &cache, &x, &seq, rows, &logits)?;
+        self.record_prefill(&mut rec, &cache, ids, 0, image_rows.as_ref().map(|r| (r, &positions[..])), rows, &logits)?;
         rec.finish()?.run(gpu).await?;
         gpu.read_f32(&logits).await
     }

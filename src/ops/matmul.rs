@@ -60,6 +60,13 @@ pub fn variants() -> Vec<PipelineKey> {
     v
 }
 
+/// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop
+/// iteration (1 or 2); `DSVL_COOP_NT` / `DSVL_COOP_KU` override the defaults for tuning.
+fn coop_tuning() -> (u32, u32) {
+    let env = |k: &str, ok: &[u32], d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d);
+    (env("DSVL_COOP_NT", &[2, 4], 2), env("DSVL_COOP_KU", &[1, 2], 1))
+}
+
 /// Whether the cooperative-matrix GEMM takes this product: tensor cores present, f16 x and W,
 /// whole 16-deep k steps, at least one 16x16 tile, and 16-byte aligned x rows. `DSVL_NO_COOP`
 /// (at device creation) turns it off.
@@ -133,7 +140,7 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
     let key = if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if coop {
-        PipelineKey::new(GEMM_COOP, &["F16"], &[])
+        PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
     } else {
         PipelineKey::new(GEMM, &flags, &[])
     };
@@ -163,7 +170,7 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
             let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
             [gx, gy, m as u32]
         } else if coop {
-            [(pn as u32).div_ceil(64), (m as u32).div_ceil(64), 1]
+            [(pn as u32).div_ceil(32 * coop_tuning().0), (m as u32).div_ceil(64), 1]
         } else {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };

@@ -187,7 +187,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
     let mut text = String::new();
     let mut err = None;
     let stdout = std::io::stdout();
-    let capacity = enc.ids.len() + opts.max_new_tokens;
+    let capacity = enc.ids.len().saturating_add(opts.max_new_tokens);
     if capacity > cfg.llm.max_positions {
         bail!("prompt of {} tokens + {} new tokens exceeds the context of {}", enc.ids.len(), opts.max_new_tokens, cfg.llm.max_positions);
     }
