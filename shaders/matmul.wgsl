@@ -24,7 +24,8 @@ struct MatmulParams {
     flags: u32,
     // 0: none, 1: GELU (erf), 2: GELU (tanh)
     act: u32,
-    _pad0: u32,
+    // RMS norm epsilon (gemv with NORM)
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -45,6 +46,11 @@ struct MatmulParams {
 #endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
+#ifdef NORM
+// gemv with NORM: x is the raw residual row; the product is of rmsnorm(x) * g (weight), so the
+// norm costs no dispatch of its own. VEC only.
+@group(0) @binding(5) var<storage, read> g4: array<vec4<f32>>;
+#endif
 
 #include gelu
 
@@ -164,13 +170,21 @@ fn store4(m: u32, n: u32, v: vec4<f32>) {
 override CPG: u32 = 4u;
 override UNROLL: u32 = 1u;
 var<workgroup> partial: array<vec4<f32>, 256>;
+#ifdef NORM
+var<workgroup> partial_sq: array<f32, 256>;
+#endif
 
 #ifdef VEC
 // x[k..k+8] · W[n, k..k+8] with 16-byte loads.
 fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
     let xi = (xrow + k) >> 2u;
+#ifdef NORM
+    let xa = vec4<f32>(x4[xi]) * g4[k >> 2u];
+    let xb = vec4<f32>(x4[xi + 1u]) * g4[(k >> 2u) + 1u];
+#else
     let xa = vec4<f32>(x4[xi]);
     let xb = vec4<f32>(x4[xi + 1u]);
+#endif
 #ifdef W_F16
     let q = w4[(n * p.k + k) >> 3u];
     return dot(xa, vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y))) +
@@ -188,8 +202,22 @@ fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
 const CHUNK: u32 = 1u;
 #endif
 
+#ifdef NORM
+// Sum of squares of this lane's share of the x row.
+var<private> sumsq: f32 = 0.0;
+fn square8(xrow: u32, k: u32) {
+    let xi = (xrow + k) >> 2u;
+    let xa = vec4<f32>(x4[xi]);
+    let xb = vec4<f32>(x4[xi + 1u]);
+    sumsq += dot(xa, xa) + dot(xb, xb);
+}
+#endif
+
 // Sums of columns n.x..n.w (those below CPG) over this lane's chunk at k.
 fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
+#ifdef NORM
+    square8(xrow, k);
+#endif
     var s = vec4<f32>(dot8(xrow, n.x, k), 0.0, 0.0, 0.0);
     if (CPG > 1u) { s.y = dot8(xrow, n.y, k); }
     if (CPG > 2u) { s.z = dot8(xrow, n.z, k); s.w = dot8(xrow, n.w, k); }
@@ -222,7 +250,12 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         s += chunk4(xrow, n, k);
     }
 #ifdef SUBGROUPS
+#ifdef NORM
+    // Each 32-lane group covered the whole row, so its sum of squares is the row's.
+    let total = subgroupAdd(s) * inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
+#else
     let total = subgroupAdd(s);
+#endif
     if (lane == 0u) {
         for (var c = 0u; c < CPG; c++) {
             if (base + c < p.n) {
@@ -232,6 +265,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 #else
     partial[lid] = s;
+#ifdef NORM
+    partial_sq[lid] = sumsq;
+#endif
     workgroupBarrier();
     if (lid < 8u * CPG) {
         let gg = lid / CPG;
@@ -240,6 +276,13 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var l = 0u; l < 32u; l++) {
             total += partial[gg * 32u + l][c];
         }
+#ifdef NORM
+        var sq = 0.0;
+        for (var l = 0u; l < 32u; l++) {
+            sq += partial_sq[gg * 32u + l];
+        }
+        total *= inverseSqrt(sq / f32(p.k) + p.eps);
+#endif
         if (block + lid < p.n) {
             finish(m, block + lid, total);
         }

@@ -21,7 +21,8 @@ struct MatmulParams {
     flags: u32,
     // 0: none, 1: GELU (erf), 2: GELU (tanh)
     act: u32,
-    _pad0: u32,
+    // RMS norm epsilon (gemv with NORM)
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;

@@ -16,6 +16,7 @@ kernel_tests!(
     check_linear,
     check_linear_split,
     check_linear_views,
+    check_rms_linear,
     check_norms,
     check_softmax,
     check_rope,

@@ -10,8 +10,7 @@ use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::ops::attention::{attention, AttnShape};
 use crate::ops::elementwise::{binary, Binary};
 use crate::ops::kv::kv_write;
-use crate::ops::matmul::Act;
-use crate::ops::norm::rmsnorm;
+use crate::ops::matmul::{rms_linear, Act, Epilogue};
 use crate::ops::rope::{inv_freq, rope};
 use crate::ops::Rows;
 
@@ -85,16 +84,14 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
     for (l, lw) in w.layers.iter().enumerate() {
         let kv = &cache.kv[l];
         // x += o(attn(rope(q), rope(k), v)) over norm(x); k and v are appended to the cache.
-        rmsnorm(rec, &xr, &lw.input_norm, eps, &hr)?;
-        apply(rec, &lw.qkv, &hr, Act::None, false, &Rows::all(&qkv))?;
+        rms_linear(rec, &xr, &lw.input_norm, eps, &lw.qkv.w, Epilogue::default(), &Rows::all(&qkv), &hr)?;
         // q's and k's heads are adjacent: one rotation over both.
         rope(rec, &Rows::cols(&qkv, 0, qw + kvw), cfg.heads + cfg.kv_heads, hd, &c.inv_freq, seq)?;
         kv_write(rec, &Rows::cols(&qkv, qw, 2 * kvw), seq, kv)?;
         attention(rec, &Rows::cols(&qkv, 0, qw), &Rows::cols(kv, 0, kvw), &Rows::cols(kv, kvw, kvw), &Rows::all(&a), shape, seq)?;
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
         // x += down(silu(gate(h)) * up(h)), h = norm(x)
-        rmsnorm(rec, &xr, &lw.post_norm, eps, &hr)?;
-        apply(rec, &lw.gate_up, &hr, Act::None, false, &Rows::all(&gate_up))?;
+        rms_linear(rec, &xr, &lw.post_norm, eps, &lw.gate_up.w, Epilogue::default(), &Rows::all(&gate_up), &hr)?;
         binary(rec, Binary::SiluMul, &Rows::cols(&gate_up, 0, inter), &Rows::cols(&gate_up, inter, inter), &Rows::all(&s))?;
         apply(rec, &lw.down, &Rows::all(&s), Act::None, true, &xr)?;
     }
@@ -107,8 +104,7 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
         return Err(Error::Shape { op: "decoder", detail: format!("logits {:?}, expected [{n}, {}]", logits.shape(), cfg.vocab) });
     }
     let hn = Tensor::empty(g, &[n, hid], act)?;
-    rmsnorm(rec, &xr.rows(r0, n), &w.norm, eps, &Rows::all(&hn))?;
-    crate::ops::matmul::linear(rec, &Rows::all(&hn), &w.lm_head, Default::default(), &Rows::all(logits))
+    rms_linear(rec, &xr.rows(r0, n), &w.norm, eps, &w.lm_head, Epilogue::default(), &Rows::all(logits), &Rows::all(&hn))
 }
 
 

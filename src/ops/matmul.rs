@@ -12,12 +12,14 @@ use crate::params_struct;
 
 params_struct!(MatmulParams("MatmulParams") {
     m: u32, n: u32, k: u32, x_off: u32, x_stride: u32, y_off: u32, y_stride: u32,
-    n_off: u32, bias_off: u32, flags: u32, act: u32, _pad0: u32,
+    n_off: u32, bias_off: u32, flags: u32, act: u32, eps: f32,
 });
 
 const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 const GEMM: Kernel = Kernel { shader: "matmul", entry: "gemm", binds: BINDS };
 const GEMV: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: BINDS };
+/// GEMV over rmsnorm(x) * g, the norm weight g bound last.
+const GEMV_NORM: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read] };
 /// Tensor cores (Caps::coop16): f16 x and W only.
 const GEMM_COOP: Kernel = Kernel { shader: "matmul_coop", entry: "gemm_coop", binds: BINDS };
 
@@ -53,6 +55,10 @@ pub fn variants() -> Vec<PipelineKey> {
             for extra in [&["VEC"][..], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(GEMV, &f, &[]));
+            }
+            for extra in [&["VEC", "NORM"][..], &["VEC", "SUBGROUPS", "NORM"]] {
+                let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
+                v.push(PipelineKey::new(GEMV_NORM, &f, &[]));
             }
         }
     }
@@ -91,6 +97,26 @@ fn gemv_tuning() -> (u32, u32) {
 
 /// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K], y: [M, N] view.
 pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows) -> Result<()> {
+    linear_impl(rec, x, w, ep, y, None)
+}
+
+/// Whether `rms_linear` fuses the norm: the GEMV with 16-byte loads takes these rows.
+fn norm_fuses(x: &Rows, g: &Tensor) -> bool {
+    x.rows <= GEMV_MAX_ROWS && x.cols.is_multiple_of(8) && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) && g.dtype() == DType::F32 && g.len() == x.cols
+}
+
+/// y = linear(rmsnorm(x) * g): for decode rows the GEMV normalises x itself (no dispatch of its
+/// own); otherwise the norm goes through `h` (a [M, K] scratch view) first.
+#[allow(clippy::too_many_arguments)]
+pub fn rms_linear(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: &RowSplit, ep: Epilogue, y: &Rows, h: &Rows) -> Result<()> {
+    if norm_fuses(x, g) {
+        return linear_impl(rec, x, w, ep, y, Some((g, eps)));
+    }
+    super::norm::rmsnorm(rec, x, g, eps, h)?;
+    linear(rec, h, w, ep, y)
+}
+
+fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
     let op = "linear";
     x.check(op)?;
     y.check(op)?;
@@ -137,7 +163,15 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
     }
     let tuning = gemv_tuning();
     let coop = !gemv && coop_fits(rec.gpu, x, w, m, k);
-    let key = if gemv {
+    if norm.is_some() {
+        if !flags.contains(&"VEC") {
+            return Err(shape_err(op, "a fused norm needs the GEMV's 16-byte loads".into()));
+        }
+        flags.push("NORM");
+    }
+    let key = if norm.is_some() {
+        PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if coop {
         PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
@@ -164,7 +198,7 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
             bias_off: *row0 as u32,
             flags: ep.bias.is_some() as u32 | (ep.residual as u32) << 1,
             act,
-            _pad0: 0,
+            eps: norm.map_or(0.0, |(_, e)| e),
         };
         let wg = if gemv {
             let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
@@ -174,7 +208,10 @@ pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows
         } else {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
-        rec.dispatch(&key, &params, &[x.t, part, bias, y.t], wg)?;
+        match norm {
+            Some((g, _)) => rec.dispatch(&key, &params, &[x.t, part, bias, y.t, g], wg)?,
+            None => rec.dispatch(&key, &params, &[x.t, part, bias, y.t], wg)?,
+        }
     }
     Ok(())
 }
@@ -315,4 +352,48 @@ async fn check_linear_views(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {err:.2e}"))
 }
 
-crate::checks!(check_linear, check_linear_split, check_linear_views);
+/// rmsnorm fused into the GEMV (decode rows) and the unfused path (more rows), against rmsnorm
+/// then the product in f64.
+async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(13);
+    let mut worst = 0.0f64;
+    let eps = 1e-6f32;
+    for act_dt in check::act_dtypes(gpu) {
+        for w_dt in [DType::F32, DType::F16] {
+            for (m, k, n, residual) in [(1, 64, 40, false), (3, 2048, 33, true), (12, 64, 20, true)] {
+                let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
+                let g = rng.normals(k, 1.0);
+                let w = check::round_to(w_dt, &rng.normals(n * k, (1.0 / k as f32).sqrt()));
+                let prev = check::round_to(act_dt, &rng.normals(m * n, 1.0));
+                let xt = Tensor::from_f32(gpu, &[m, k], act_dt, &x)?;
+                let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
+                let wt = RowSplit::from_f32(gpu, n, k, w_dt, &w)?;
+                let yt = if residual { Tensor::from_f32(gpu, &[m, n], act_dt, &prev)? } else { poisoned(gpu, &[m, n], act_dt)? };
+                let ht = poisoned(gpu, &[m, k], act_dt)?;
+                let mut rec = Recorder::new(gpu);
+                let ep = Epilogue { residual, ..Default::default() };
+                rms_linear(&mut rec, &Rows::all(&xt), &gt, eps, &wt, ep, &Rows::all(&yt), &Rows::all(&ht))?;
+                rec.finish()?.run(gpu).await?;
+                let got = gpu.read_f32(&yt).await?;
+                let mut h = vec![0.0f32; m * k];
+                for i in 0..m {
+                    let row = &x[i * k..(i + 1) * k];
+                    let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64 + eps as f64).sqrt());
+                    for j in 0..k {
+                        h[i * k + j] = (row[j] as f64 * inv * g[j] as f64) as f32;
+                    }
+                }
+                // The unfused path rounds h to the activation dtype before the product.
+                if !norm_fuses(&Rows::all(&xt), &gt) {
+                    h = check::round_to(act_dt, &h);
+                }
+                let (want, mag) = reference(&h, &w, None, m, k, n, Act::None, residual.then_some(&prev[..]));
+                let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
+                worst = worst.max(compare_mag(&format!("rms_linear {m}x{k}x{n} x:{act_dt} w:{w_dt}"), &got, &want, &mag, tol, 1e-5)?);
+            }
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+crate::checks!(check_linear, check_linear_split, check_linear_views, check_rms_linear);
