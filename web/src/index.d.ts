@@ -11,6 +11,7 @@ export type Quant = 'f16' | 'f32';
 export type Progress =
   | { stage: 'download'; loaded: number; total: number; downloaded: number; fromCache: number }
   | { stage: 'upload'; loaded: number; total: number }
+  /** Reserved for quantised weight formats: not emitted yet (the upload stage converts on the GPU). */
   | { stage: 'quantise'; loaded: number; total: number }
   | { stage: 'warning'; message: string }
   | { stage: 'ready' };

@@ -54,7 +54,7 @@ export class RemoteFile {
         const r = await fetch(this.url, { headers: { Range: `bytes=${start}-${end - 1}` }, signal: this.ctx.signal });
         if (r.status !== 206 && r.status !== 200) throw new Error(`${this.url}: HTTP ${r.status} ${r.statusText}`);
         const version = r.headers.get('ETag');
-        if (this.version && version && version !== this.version) {
+        if (this.version && version && !this.version.startsWith('size:') && version !== this.version) {
           throw new Error(`${this.url} changed on the server while loading (ETag ${this.version} → ${version}); load again`);
         }
         if (r.status === 200 && !(Number(r.headers.get('Content-Length')) <= 64 << 20)) {
@@ -62,6 +62,8 @@ export class RemoteFile {
           await r.body?.cancel().catch(() => {});
           throw new Error(`${this.url}: the server ignores HTTP Range requests (needed for large files)`);
         }
+        const got = /^bytes (\d+)-/.exec(r.headers.get('Content-Range') ?? '');
+        if (r.status === 206 && got && Number(got[1]) !== start) throw new Error(`${this.url}: asked for bytes from ${start}, got from ${got[1]}`);
         const body = new Uint8Array(await r.arrayBuffer());
         const bytes = r.status === 200 ? body.subarray(start, end) : body;
         return { bytes, response: r, total: r.status === 200 ? body.length : totalOf(r) };
@@ -77,7 +79,9 @@ export class RemoteFile {
 
   /** Learns the size and version; returns the first `n` bytes (the header's length and more). */
   async open(n) {
-    const { bytes, response, total } = await this.request(0, n);
+    const { bytes, response, total: ranged } = await this.request(0, n);
+    // Content-Range may be hidden by CORS; a HEAD's Content-Length is always readable.
+    const total = Number.isFinite(ranged) ? ranged : await this.headSize();
     if (!Number.isFinite(total)) {
       throw new Error(`${this.url}: no file size in the response (Content-Range missing or not exposed by CORS)`);
     }
@@ -85,6 +89,16 @@ export class RemoteFile {
     this.version = response.headers.get('ETag') || `size:${total}`;
     this.ctx.stats.downloaded += bytes.length;
     return bytes;
+  }
+
+  async headSize() {
+    try {
+      const r = await fetch(this.url, { method: 'HEAD', signal: this.ctx.signal });
+      const n = r.ok ? Number(r.headers.get('Content-Length')) : NaN;
+      return n > 0 ? n : NaN;
+    } catch {
+      return NaN;
+    }
   }
 
   key(i) {

@@ -4,8 +4,8 @@
 // src/index.js into its worker, then the fixture cases: next-token logits against HF's
 // (rel L2 <= 1e-3, as tests/model_parity.rs), greedy ids against the native CLI's on the same
 // fixture and image, chat reusing the KV cache, abort, errors, and the download cache (an
-// interrupted load resumes; a second load downloads nothing). Also a load from File objects
-// (the HF layout fixture).
+// interrupted load resumes; a second load downloads nothing; a corrupted cached block is
+// fetched again). Also a load from File objects (the HF layout fixture).
 //
 //   node web/tests/model.mjs [--only NAME,...] [--timeout SECONDS]
 //
@@ -221,7 +221,21 @@ async function main() {
         return i.load.bytes;
       }, fx);
       assert(again.downloaded <= 8 && again.fromCache > 0, `third load downloaded ${again.downloaded} bytes`);
-      return `interrupted after ${first} B, resumed with ${second} B (of ${size}); reload: ${again.downloaded} B downloaded, ${again.fromCache} B from cache`;
+      // Flip one byte of a cached block (keeping its stored hash): the next load must notice and refetch it.
+      const fixed = await ev(async (fx) => {
+        const cache = await caches.open('dsvl-gpu-blocks-v1');
+        const key = (await cache.keys()).find((k) => k.url.includes('dsvl-block=2&'));
+        const hit = await cache.match(key);
+        const bytes = new Uint8Array(await hit.arrayBuffer());
+        bytes[100] ^= 0xff;
+        await cache.put(key, new Response(bytes, { headers: hit.headers }));
+        const m = await window.Dsvl.load(fx, { quant: 'f32', blockBytes: 1 << 20 });
+        const i = await m.info();
+        await m.dispose();
+        return i.load;
+      }, fx);
+      assert(fixed.bytes.downloaded === 8 + (1 << 20) && fixed.warnings.some((w) => /corrupt/.test(w)), `after corrupting a block: ${JSON.stringify(fixed)}`);
+      return `interrupted after ${first} B, resumed with ${second} B (of ${size}); reload: ${again.downloaded} B downloaded; a corrupted block was refetched`;
     });
 
     await step('load tiny-hf from File objects', async () => {
