@@ -243,6 +243,11 @@ pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + 'a>>;
 pub trait RangeFetch {
     /// Bytes `range` (absolute offsets) of `file`, a name given to [`TensorSource::from_headers`].
     fn fetch<'a>(&'a self, file: &'a str, range: Range<usize>) -> FetchFuture<'a>;
+
+    /// Largest read a loader should ask for at once (large matrices are read in parts).
+    fn max_read(&self) -> usize {
+        64 << 20
+    }
 }
 
 /// Where the weights' bytes come from: one or more safetensors files, each validated, with
@@ -364,6 +369,15 @@ impl TensorSource {
         let f = &self.files[fi];
         let t = &f.header.tensors[ti];
         Some((t, &f.bytes.as_ref()?[t.range.clone()], &f.header.file))
+    }
+
+    /// How much of `name` to read at once: None when its file is in memory (read it whole).
+    pub fn max_read(&self, name: &str) -> Option<usize> {
+        let &(fi, _) = self.by_name.get(name)?;
+        match (&self.files[fi].bytes, &self.fetch) {
+            (None, Some(f)) => Some(f.max_read().max(1)),
+            _ => None,
+        }
     }
 
     /// The tensor's entry and the name of its file, with an error naming where it was looked for.

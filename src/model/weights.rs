@@ -7,8 +7,8 @@
 //! converted there (`ops::convert::upload_matrix`); vectors (norms, biases, the position table)
 //! are small and converted on the host. Tensors the graph does not use (the SigLIP pooling
 //! head, blocks past `select_layer`) are never read. A source read on demand (the browser)
-//! is fetched tensor by tensor, large matrices in row chunks of at most `FETCH_CHUNK` bytes, so
-//! host memory holds one chunk at a time.
+//! is fetched tensor by tensor, large matrices in row chunks of at most the fetcher's
+//! `max_read` bytes, so host memory holds one chunk at a time.
 
 use std::borrow::Cow;
 
@@ -208,9 +208,6 @@ fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Largest piece of a matrix fetched at once from a source read on demand.
-const FETCH_CHUNK: usize = 64 << 20;
-
 struct Loader<'a> {
     gpu: &'a Gpu,
     src: &'a TensorSource,
@@ -274,7 +271,7 @@ impl<'a> Loader<'a> {
         }
         let row_bytes = cols * t.dtype.size();
         // In memory (a mapped file): one upload. Fetched: row chunks, each uploaded before the next is read.
-        let per = if self.src.get(name).is_some() { rows.max(1) } else { (FETCH_CHUNK / row_bytes.max(1)).max(1) };
+        let per = self.src.max_read(name).map_or(rows, |m| (m / row_bytes.max(1)).max(1));
         let mut out = RowSplit { rows, cols, dtype: self.wdtype, parts: Vec::new() };
         let mut r0 = 0;
         while r0 < rows {
