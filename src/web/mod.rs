@@ -5,12 +5,20 @@
 //! rejected promises carrying the message (`JsError`); nothing here panics, and a panic hook
 //! logs to the console should a bug panic anyway.
 //!
-//! `model` holds the model API (load, generate, chat, logits, info); the kernel checks are here.
+//! `load` and `model` hold the model API (loadModel; generate, chat, logits, info); the kernel
+//! checks are here.
 
 mod fetch;
 mod images;
+mod load;
 pub mod model;
 mod options;
+mod stream;
+
+/// Milliseconds of wall time (the worker's clock).
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
 
 use std::cell::RefCell;
 use std::rc::Rc;

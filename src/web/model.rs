@@ -1,7 +1,6 @@
-//! A loaded model in the browser: `loadModel` reads the small files handed over whole and the
-//! checkpoint's headers, then pulls each tensor through a JS range reader onto the GPU;
-//! `WebModel` answers (`generate`), keeps a chat's KV cache (`chat`), gives next-token logits
-//! (`logits`) and describes itself (`info`). Mirrors `dsvl-gpu run` (src/bin/dsvl-gpu/run.rs).
+//! A loaded model in the browser (`loadModel` in load.rs makes one): `WebModel` answers
+//! (`generate`), keeps a chat's KV cache (`chat`), gives next-token logits (`logits`) and
+//! describes itself (`info`). Mirrors `dsvl-gpu run` (src/bin/dsvl-gpu/run.rs).
 //!
 //! Methods return promises; the model sits behind an `Rc` so a call in flight keeps it alive,
 //! and one call runs at a time (a second is refused, never a `RefCell` panic).
@@ -9,24 +8,21 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint8Array};
+use js_sys::{Array, Float32Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use super::fetch::JsRangeFetch;
 use super::images::{read_images, RawImage};
+use super::now_ms;
 use super::options::Request;
+use super::stream::Stream;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Session};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::image::ImageConfig;
-use crate::model::config::ModelConfig;
 use crate::model::llama::LogitRows;
-use crate::model::safetensors::{parse_head, TensorSource};
 use crate::model::vlm::Model;
-use crate::model::weights::load_weights;
-use crate::prompt::{encode, Conversation, Encoded, PromptTokenizer, DEFAULT_SYSTEM_PROMPT, STOP_STRING};
-use crate::text::TextStream;
+use crate::prompt::{encode, Conversation, Encoded, PromptTokenizer, DEFAULT_SYSTEM_PROMPT};
 
 /// KV cache of a chat when the request does not say (capped by the model's context).
 const DEFAULT_CHAT_CONTEXT: usize = 4096;
@@ -35,30 +31,26 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
-fn now_ms() -> f64 {
-    js_sys::Date::now()
-}
-
 /// A loaded model (one per worker).
 #[wasm_bindgen]
 pub struct WebModel {
     inner: Rc<Inner>,
 }
 
-struct Inner {
-    gpu: Rc<Gpu>,
-    model: Rc<Model>,
-    tok: PromptTokenizer,
-    icfg: ImageConfig,
-    quant: String,
-    wdtype: DType,
-    load_ms: f64,
-    busy: Cell<bool>,
+pub(super) struct Inner {
+    pub(super) gpu: Rc<Gpu>,
+    pub(super) model: Rc<Model>,
+    pub(super) tok: PromptTokenizer,
+    pub(super) icfg: ImageConfig,
+    pub(super) quant: String,
+    pub(super) wdtype: DType,
+    pub(super) load_ms: f64,
+    pub(super) busy: Cell<bool>,
     /// The chat's KV cache and the preprocessed images of its conversation (by content hash).
-    chat: RefCell<Option<ChatState>>,
+    pub(super) chat: RefCell<Option<ChatState>>,
 }
 
-struct ChatState {
+pub(super) struct ChatState {
     session: Session<'static>,
     images: Vec<(u64, Tensor)>,
 }
@@ -69,139 +61,6 @@ struct Claim<'a>(&'a Cell<bool>);
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         self.0.set(false);
-    }
-}
-
-fn file(files: &Object, name: &str) -> Result<Option<Vec<u8>>> {
-    let v = Reflect::get(files, &JsValue::from_str(name)).map_err(|_| Error::Invalid(format!("files.{name} is unreadable")))?;
-    if v.is_undefined() || v.is_null() {
-        return Ok(None);
-    }
-    let a: Uint8Array = v.dyn_into().map_err(|_| Error::Invalid(format!("files[\"{name}\"] must be a Uint8Array")))?;
-    Ok(Some(a.to_vec()))
-}
-
-/// Loads a model. `files` maps file names to their bytes (`config.json`, `tokenizer.json`, and
-/// when present `special_tokens_map.json`, `tokenizer_config.json`, `preprocessor_config.json`,
-/// `processor_config.json`); `shards` is `[{name, head: Uint8Array, size}]`, each safetensors
-/// file's first bytes (at least its header) and total size; `fetch(name, start, end)` resolves
-/// to the bytes `start..end` of a shard. `quant` is `f32` (the parity path) or `f16` (f16
-/// weights; f16 activations where the adapter has shader-f16). `on_progress(done, total)` sees
-/// the bytes uploaded.
-#[wasm_bindgen(js_name = loadModel)]
-pub async fn load_model(files: Object, shards: Array, fetch: Function, quant: String, on_progress: Option<Function>) -> Result<WebModel, JsError> {
-    load(files, shards, fetch, quant, on_progress).await.map_err(|e| JsError::new(&e.to_string()))
-}
-
-async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_progress: Option<Function>) -> Result<WebModel> {
-    let t0 = now_ms();
-    let gpu = super::gpu().await?;
-    let (wdtype, act) = match quant.as_str() {
-        "f32" => (DType::F32, DType::F32),
-        "f16" => (DType::F16, if gpu.caps.f16 { DType::F16 } else { DType::F32 }),
-        q => return Err(Error::Invalid(format!("quant `{q}`: supported are f32 and f16"))),
-    };
-    let need = |name: &str| -> Result<Vec<u8>> { file(&files, name)?.ok_or_else(|| Error::Io { path: name.into(), message: "missing from the model folder".into() }) };
-    let processor = file(&files, "processor_config.json")?;
-    let cfg = ModelConfig::from_dir_files(&need("config.json")?, file(&files, "preprocessor_config.json")?.as_deref(), processor.as_deref())?;
-    let image_tag = match &processor {
-        Some(b) => {
-            let v: serde_json::Value = serde_json::from_slice(b).map_err(|e| Error::Tokenizer { what: "processor_config.json".into(), message: e.to_string() })?;
-            v.get("image_tag").and_then(|t| t.as_str()).map(str::to_string)
-        }
-        None => None,
-    };
-    let tok = PromptTokenizer::from_bytes(&need("tokenizer.json")?, file(&files, "special_tokens_map.json")?.as_deref(), file(&files, "tokenizer_config.json")?.as_deref(), image_tag.as_deref())?;
-
-    let mut headers = Vec::with_capacity(shards.length() as usize);
-    for (i, s) in shards.iter().enumerate() {
-        let get = |k: &str| Reflect::get(&s, &JsValue::from_str(k)).ok();
-        let bad = || Error::Invalid(format!("shards[{i}] must be {{name, head: Uint8Array, size}}"));
-        let name = get("name").and_then(|v| v.as_string()).ok_or_else(bad)?;
-        let head = get("head").and_then(|v| v.dyn_into::<Uint8Array>().ok()).ok_or_else(bad)?.to_vec();
-        let size = get("size").and_then(|v| v.as_f64()).filter(|d| d.fract() == 0.0 && *d >= 0.0 && *d < 9e15).ok_or_else(bad)? as usize;
-        headers.push(parse_head(&name, &head, size)?);
-    }
-    if headers.is_empty() {
-        return Err(Error::Invalid("no safetensors file given".into()));
-    }
-    let source = TensorSource::from_headers(headers, Box::new(JsRangeFetch { f: fetch }))?;
-    let weights = load_weights(&gpu, &cfg, &source, wdtype, act, &mut |done, total| {
-        if let Some(f) = &on_progress {
-            // A throwing progress callback must not stop the load.
-            let _ = f.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
-        }
-    })
-    .await?;
-    let v = &cfg.vision;
-    let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
-    let model = Rc::new(Model::new(&gpu, cfg, weights, act)?);
-    let inner = Inner { gpu, model, tok, icfg, quant, wdtype, load_ms: now_ms() - t0, busy: Cell::new(false), chat: RefCell::new(None) };
-    Ok(WebModel { inner: Rc::new(inner) })
-}
-
-/// Token ids in, text out to JS, with the reason generation ended.
-struct Stream<'t> {
-    text: TextStream<'t>,
-    out: String,
-    on_token: Option<Function>,
-    eos: u32,
-    stop: &'static str,
-    failed: Option<Error>,
-    started: f64,
-    first_ms: Option<f64>,
-}
-
-impl<'t> Stream<'t> {
-    fn new(tok: &'t PromptTokenizer, on_token: Option<Function>) -> Self {
-        Stream { text: TextStream::new(tok, &[STOP_STRING]), out: String::new(), on_token, eos: tok.eos_id(), stop: "length", failed: None, started: now_ms(), first_ms: None }
-    }
-
-    /// Returns false to stop: a stop string, EOS, a decoding error, or `on_token` returning false (abort).
-    fn push(&mut self, id: u32) -> bool {
-        self.first_ms.get_or_insert_with(|| now_ms() - self.started);
-        let chunk = match self.text.push(id) {
-            Ok(c) => c,
-            Err(e) => {
-                self.failed = Some(e);
-                return false;
-            }
-        };
-        self.out.push_str(&chunk.text);
-        if let Some(f) = &self.on_token {
-            match f.call2(&JsValue::NULL, &JsValue::from_str(&chunk.text), &JsValue::from_f64(id as f64)) {
-                Ok(v) if v.as_bool() == Some(false) => {
-                    self.stop = "abort";
-                    return false;
-                }
-                Ok(_) => {}
-                Err(e) => web_sys::console::warn_2(&"dsvl-gpu: onToken threw".into(), &e),
-            }
-        }
-        if chunk.stopped {
-            self.stop = if id == self.eos { "eos" } else { "stop" };
-        }
-        !chunk.stopped
-    }
-
-    /// The result as JSON for JS.
-    fn finish(mut self, ids: Vec<u32>, prompt: usize, prefilled: usize, preprocess_ms: f64) -> Result<String> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
-        // The length limit or an abort leaves held text (a possible stop-string prefix, a partial character).
-        if self.stop == "length" || self.stop == "abort" {
-            self.out.push_str(&self.text.finish()?.text);
-        }
-        let total = now_ms() - self.started;
-        let first = self.first_ms.unwrap_or(total);
-        let decode_s = (total - first) / 1000.0;
-        let tps = if ids.len() > 1 && decode_s > 0.0 { (ids.len() - 1) as f64 / decode_s } else { 0.0 };
-        Ok(serde_json::json!({
-            "text": self.out, "tokenIds": ids, "promptTokens": prompt, "prefilledTokens": prefilled, "stopReason": self.stop,
-            "timings": { "preprocessMs": preprocess_ms, "firstTokenMs": first, "totalMs": total, "decodeTokensPerSecond": tps },
-        })
-        .to_string())
     }
 }
 
@@ -355,6 +214,12 @@ impl Inner {
             "loadMs": self.load_ms,
         })
         .to_string()
+    }
+}
+
+impl WebModel {
+    pub(super) fn new(inner: Rc<Inner>) -> WebModel {
+        WebModel { inner }
     }
 }
 

@@ -238,6 +238,20 @@ async function main() {
       return `interrupted after ${first} B, resumed with ${second} B (of ${size}); reload: ${again.downloaded} B downloaded; a corrupted block was refetched`;
     });
 
+    await step('quant f16 (the default) stays close', async () => {
+      const r = await ev(async (fx) => {
+        const m = await window.Dsvl.load(fx, { quant: 'f16' });
+        const l = await m.logits({ prompt: 'What colour is the cat?' });
+        const i = await m.info();
+        await m.dispose();
+        return { l: Array.from(l), w: i.weights, a: i.activations, f16: i.paths.f16 };
+      }, fx);
+      const err = relL2(Float32Array.from(r.l), npy('tiny-orig', caseOf(ORIG, 'text_only').logits_last));
+      assert(r.w === 'f16' && r.a === (r.f16 ? 'f16' : 'f32'), `dtypes ${r.w}/${r.a} with shader-f16 ${r.f16}`);
+      assert(err <= 2e-2, `rel L2 ${err.toExponential(2)} > 2e-2`);
+      return `weights ${r.w}, activations ${r.a}: text_only rel L2 ${err.toExponential(2)}`;
+    });
+
     await step('load tiny-hf from File objects', async () => {
       const hf = fixture('tiny-hf');
       const names = ['config.json', 'tokenizer.json', 'special_tokens_map.json', 'tokenizer_config.json', 'preprocessor_config.json', 'processor_config.json', 'model.safetensors'];
