@@ -68,7 +68,7 @@ export class Dsvl {
     const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module', name: 'dsvl-gpu' });
     const model = new Dsvl(worker);
     try {
-      model._info = await model._call('load', { source, quant, cache, blockBytes }, { onProgress, signal });
+      await model._call('load', { source, quant, cache, blockBytes }, { onProgress, signal });
     } catch (e) {
       model._terminate(e);
       throw e;

@@ -141,6 +141,7 @@ async function run(m, signal) {
 
 async function handle(m, controller) {
   try {
+    controller.signal.throwIfAborted(); // aborted while it waited its turn
     if (broken) throw new Error(`the wasm module failed earlier (${broken}); load the model again`);
     const value = await run(m, controller.signal);
     if (value instanceof Float32Array) post({ id: m.id, type: 'result', value }, [value.buffer]);

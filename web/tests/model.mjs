@@ -165,7 +165,16 @@ async function main() {
         }
       });
       assert(r.name === 'AbortError' && r.got >= 2 && r.got < 20, `abort: ${JSON.stringify(r)}`);
-      return `stopped after ${r.got} tokens`;
+      // A call aborted while it waits behind another never runs; the other is unaffected.
+      const q = await ev(async () => {
+        const ac = new AbortController();
+        // b is queued in the worker by the time a streams its first token.
+        const a = window.m.generate({ prompt: 'hi', maxNewTokens: 2, onToken: () => ac.abort() });
+        const b = window.m.generate({ prompt: 'hi', maxNewTokens: 2, signal: ac.signal, onToken: () => (window.__ranB = true) });
+        return { a: (await a).tokenIds.length, b: await b.then(() => 'resolved', (e) => e.name), ranB: !!window.__ranB };
+      });
+      assert(q.a === 2 && q.b === 'AbortError' && !q.ranB, `queued abort: ${JSON.stringify(q)}`);
+      return `stopped after ${r.got} tokens; a queued call aborted before it ran`;
     });
 
     await step('errors reject with a message', async () => {
