@@ -96,6 +96,11 @@ function addImages(list) {
     const img = document.createElement('img');
     img.src = url;
     img.alt = file.name || 'pasted image';
+    img.title = 'click to remove';
+    img.onclick = () => {
+      pending = pending.filter((p) => p.url !== url);
+      img.remove();
+    };
     els.previews.appendChild(img);
   }
 }

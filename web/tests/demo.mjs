@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The demo page (web/demo) driven like a user in headless Chromium: type the fixture model's URL,
-// pick f32, load, attach an image, ask, watch the answer stream, then ask a follow-up (multi-turn,
-// KV cache reused). Saves a screenshot (target/web-tests/demo.png or $DSVL_TEST_OUT/demo.png).
+// pick f32, load, attach an image (pick, paste, drop), ask, watch the answer stream, ask a
+// follow-up (multi-turn, KV cache reused), stop a long answer. Saves a screenshot
+// (target/web-tests/demo.png or $DSVL_TEST_OUT/demo.png).
 //
 //   node web/tests/demo.mjs [--timeout SECONDS]
 
@@ -38,8 +39,23 @@ async function main() {
     check(Number(await page.getAttribute('#p-upload', 'value')) > 0, 'no upload progress shown');
     console.log(`ok   load through the form (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 
+    // Pick, paste and drop an image; remove the last two by clicking their thumbnails.
     await page.setInputFiles('#image-input', join(FIXTURES, 'images', 'wide.png'));
-    check((await page.locator('#previews img').count()) === 1, 'no image preview');
+    await page.evaluate(async (url) => {
+      const file = new File([await (await fetch(url)).blob()], 'tall.png', { type: 'image/png' });
+      const dt = () => {
+        const d = new DataTransfer();
+        d.items.add(file);
+        return d;
+      };
+      document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt(), bubbles: true }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt(), bubbles: true, cancelable: true }));
+    }, `${server.url}/fixtures/images/tall.png`);
+    check((await page.locator('#previews img').count()) === 3, `pick + paste + drop gave ${await page.locator('#previews img').count()} previews`);
+    await page.click('#previews img:nth-child(3)');
+    await page.click('#previews img:nth-child(2)');
+    check((await page.locator('#previews img').count()) === 1, 'removing thumbnails failed');
+    console.log('ok   image picked, pasted and dropped; thumbnails removable');
     await page.fill('#max-new-tokens', '8');
     await page.fill('#question', 'Describe this image.');
     // Record the answer's text each time it changes, to see it stream.
@@ -68,6 +84,17 @@ async function main() {
     const m = /prompt (\d+) tokens \((\d+) new\)/.exec(stats2);
     check(m && Number(m[2]) < Number(m[1]) / 2, `follow-up did not reuse the cache: ${stats2}`);
     console.log(`ok   follow-up question (multi-turn): ${stats2}`);
+
+    await page.fill('#max-new-tokens', '200');
+    await page.fill('#question', 'Tell me more.');
+    await page.click('#ask');
+    await page.waitForFunction(() => document.querySelector('.msg.assistant:last-child .text').textContent.length > 0);
+    await page.click('#stop');
+    await page.waitForFunction(() => !document.querySelector('.msg.streaming'));
+    const stats3 = await page.textContent('#stats');
+    const n = Number(/(\d+) tokens \(stopped\)/.exec(stats3)?.[1]);
+    check(n > 0 && n < 200, `stop: ${stats3}`);
+    console.log(`ok   stop button: stopped after ${n} tokens`);
 
     mkdirSync(OUT_DIR, { recursive: true });
     await page.screenshot({ path: shot, fullPage: true });

@@ -186,6 +186,15 @@ async function main() {
           topP: await msg(window.m.generate({ prompt: 'hi', topP: 1.5 })),
           context: await msg(window.m.generate({ prompt: 'hi', maxNewTokens: 100000 })),
           after: (await window.m.generate({ prompt: 'hi', maxNewTokens: 1 })).tokenIds.length,
+          noWebGpu: await (async () => {
+            Object.defineProperty(navigator, 'gpu', { value: undefined, configurable: true });
+            try {
+              return await msg(window.Dsvl.load('/fixtures/tiny-orig/'));
+            } finally {
+              delete navigator.gpu;
+            }
+          })(),
+          noModel: await msg(window.Dsvl.load('/fixtures/images/', { quant: 'f32' })),
         };
       });
       assert(/placeholder/.test(r.placeholder), r.placeholder);
@@ -193,7 +202,9 @@ async function main() {
       assert(/topP/.test(r.topP), r.topP);
       assert(/exceeds the context/.test(r.context), r.context);
       assert(r.after === 1, 'the model does not work after errors');
-      return 'placeholder, bad image, topP, context: clear messages; model still works';
+      assert(/WebGPU is not available/.test(r.noWebGpu), r.noWebGpu);
+      assert(/config\.json: not found/.test(r.noModel), r.noModel);
+      return 'placeholder, bad image, topP, context, no WebGPU, not a model folder: clear messages; model still works';
     });
 
     await step('dispose', async () => {
