@@ -270,7 +270,14 @@ impl TensorSource {
         let mut src = TensorSource { files: Vec::with_capacity(files.len()), by_name: HashMap::new(), origin, fetch: None };
         for (name, bytes) in files {
             let header = parse(&name, &bytes)?;
-            src.add(header, Some(bytes))?;
+            let fi = src.files.len();
+            for (ti, t) in header.tensors.iter().enumerate() {
+                if let Some(&(other, _)) = src.by_name.get(&t.name) {
+                    return Err(terr(&name, &t.name, format!("also in {}", src.files[other].header.file)));
+                }
+                src.by_name.insert(t.name.clone(), (fi, ti));
+            }
+            src.files.push(SourceFile { header, bytes: Some(bytes) });
         }
         Ok(src)
     }
@@ -281,21 +288,16 @@ impl TensorSource {
         let origin = headers.iter().map(|h| h.file.as_str()).collect::<Vec<_>>().join(", ");
         let mut src = TensorSource { files: Vec::with_capacity(headers.len()), by_name: HashMap::new(), origin, fetch: Some(fetch) };
         for header in headers {
-            src.add(header, None)?;
+            let fi = src.files.len();
+            for (ti, t) in header.tensors.iter().enumerate() {
+                if let Some(&(other, _)) = src.by_name.get(&t.name) {
+                    return Err(terr(&header.file, &t.name, format!("also in {}", src.files[other].header.file)));
+                }
+                src.by_name.insert(t.name.clone(), (fi, ti));
+            }
+            src.files.push(SourceFile { header, bytes: None });
         }
         Ok(src)
-    }
-
-    fn add(&mut self, header: Header, bytes: Option<Bytes>) -> Result<()> {
-        let fi = self.files.len();
-        for (ti, t) in header.tensors.iter().enumerate() {
-            if let Some(&(other, _)) = self.by_name.get(&t.name) {
-                return Err(terr(&header.file, &t.name, format!("also in {}", self.files[other].header.file)));
-            }
-            self.by_name.insert(t.name.clone(), (fi, ti));
-        }
-        self.files.push(SourceFile { header, bytes });
-        Ok(())
     }
 
     /// As [`TensorSource::from_files`] with owned byte vectors.
