@@ -21,9 +21,27 @@ pub struct GenerateOptions {
     pub eos: Option<u32>,
 }
 
+/// The model a session runs: borrowed, or shared so that a session can live next to its model
+/// (the browser keeps both in one object).
+#[derive(Clone)]
+enum ModelRef<'m> {
+    Borrowed(&'m Model),
+    Shared(std::rc::Rc<Model>),
+}
+
+impl std::ops::Deref for ModelRef<'_> {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
+}
+
 /// A conversation's KV cache on the GPU and the ids it holds.
 pub struct Session<'m> {
-    model: &'m Model,
+    model: ModelRef<'m>,
     cache: KvCache,
     /// Ids whose keys and values are in cache rows 0..cached.len().
     cached: Vec<u32>,
@@ -35,6 +53,10 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     /// A session whose prompt plus answers fit `capacity` tokens (at most the model's context).
     pub fn new(model: &'m Model, gpu: &Gpu, capacity: usize) -> Result<Session<'m>> {
+        Session::with(ModelRef::Borrowed(model), gpu, capacity)
+    }
+
+    fn with(model: ModelRef<'m>, gpu: &Gpu, capacity: usize) -> Result<Session<'m>> {
         let max = model.cfg.llm.max_positions;
         if capacity == 0 || capacity > max {
             return Err(Error::Invalid(format!("session of {capacity} tokens: the context holds 1..={max}")));
@@ -159,7 +181,7 @@ impl<'m> Session<'m> {
     /// Checks the prompt and records the lists that answer it; None when nothing is to be
     /// generated. Leaves the session's state as it is.
     fn plan(&self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<Option<Plan>> {
-        let model = self.model;
+        let model: &Model = &self.model;
         let cfg = &model.cfg.llm;
         let n_img = model.cfg.num_image_tokens;
         let m = ids.len();
@@ -278,6 +300,13 @@ pub struct RespondTimings {
 impl RespondTimings {
     pub fn decode_tok_s(&self) -> f64 {
         if self.decode_s > 0.0 { self.decode_tokens as f64 / self.decode_s } else { 0.0 }
+    }
+}
+
+impl Session<'static> {
+    /// A session that holds its model by reference count, so it can be stored beside it.
+    pub fn shared(model: std::rc::Rc<Model>, gpu: &Gpu, capacity: usize) -> Result<Session<'static>> {
+        Session::with(ModelRef::Shared(model), gpu, capacity)
     }
 }
 

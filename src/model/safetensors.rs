@@ -8,8 +8,12 @@
 //!
 //! Sharded checkpoints: `model.safetensors.index.json` `{"weight_map": {"name": "shard file"}}`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -98,11 +102,20 @@ fn dtype_of(file: &str, name: &str, s: &str) -> Result<Source> {
 
 /// Parses and validates the header of a safetensors file held in `bytes`; `file` names it in errors.
 pub fn parse(file: &str, bytes: &[u8]) -> Result<Header> {
+    parse_head(file, bytes, bytes.len())
+}
+
+/// As [`parse`], from the file's first bytes only (the 8-byte length and the whole header; more
+/// is ignored) and its total length `file_len`: for files read on demand ([`RangeFetch`]).
+pub fn parse_head(file: &str, bytes: &[u8], file_len: usize) -> Result<Header> {
+    if bytes.len() > file_len {
+        return Err(err(file, format!("{} bytes given for a file of {file_len}", bytes.len())));
+    }
     let Some(len) = bytes.get(..8) else {
         return Err(err(file, format!("{} bytes is too short for a safetensors file (8-byte header length)", bytes.len())));
     };
     let n = u64::from_le_bytes(len.try_into().unwrap_or([0; 8]));
-    let avail = bytes.len() - 8;
+    let avail = file_len - 8;
     if n > avail as u64 {
         return Err(err(file, format!("header length {n} runs past the end of the file ({avail} bytes follow it)")));
     }
@@ -111,7 +124,10 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Header> {
     }
     let n = n as usize;
     let data = 8 + n;
-    let data_len = bytes.len() - data;
+    if data > bytes.len() {
+        return Err(err(file, format!("header of {n} bytes: only {} of the file's first bytes were given", bytes.len())));
+    }
+    let data_len = file_len - data;
     let Entries(entries) = serde_json::from_slice(&bytes[8..data]).map_err(|e| err(file, format!("header is not valid JSON: {e}")))?;
 
     let mut tensors = Vec::with_capacity(entries.len());
@@ -215,7 +231,23 @@ impl std::ops::Deref for Bytes {
 
 struct SourceFile {
     header: Header,
-    bytes: Bytes,
+    /// None when the file is read on demand through the source's [`RangeFetch`].
+    bytes: Option<Bytes>,
+}
+
+/// The future a [`RangeFetch`] returns (not `Send`: the browser's fetches live on one thread).
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + 'a>>;
+
+/// Reads byte ranges of checkpoint files on demand (the browser's HTTP Range requests or
+/// `File.slice`), so a checkpoint is never held whole in memory.
+pub trait RangeFetch {
+    /// Bytes `range` (absolute offsets) of `file`, a name given to [`TensorSource::from_headers`].
+    fn fetch<'a>(&'a self, file: &'a str, range: Range<usize>) -> FetchFuture<'a>;
+
+    /// Largest read a loader should ask for at once (large matrices are read in parts).
+    fn max_read(&self) -> usize {
+        64 << 20
+    }
 }
 
 /// Where the weights' bytes come from: one or more safetensors files, each validated, with
@@ -226,6 +258,8 @@ pub struct TensorSource {
     by_name: HashMap<String, (usize, usize)>,
     /// What to name in a "missing tensor" error: the file or index the names were looked up in.
     origin: String,
+    /// Reads the files held as headers only.
+    fetch: Option<Box<dyn RangeFetch>>,
 }
 
 impl TensorSource {
@@ -233,7 +267,7 @@ impl TensorSource {
     /// two files is an error.
     pub fn from_files(files: Vec<(String, Bytes)>) -> Result<TensorSource> {
         let origin = files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-        let mut src = TensorSource { files: Vec::with_capacity(files.len()), by_name: HashMap::new(), origin };
+        let mut src = TensorSource { files: Vec::with_capacity(files.len()), by_name: HashMap::new(), origin, fetch: None };
         for (name, bytes) in files {
             let header = parse(&name, &bytes)?;
             let fi = src.files.len();
@@ -243,7 +277,25 @@ impl TensorSource {
                 }
                 src.by_name.insert(t.name.clone(), (fi, ti));
             }
-            src.files.push(SourceFile { header, bytes });
+            src.files.push(SourceFile { header, bytes: Some(bytes) });
+        }
+        Ok(src)
+    }
+
+    /// A source from parsed headers ([`parse_head`]) whose tensor bytes `fetch` reads when
+    /// [`TensorSource::read`] asks for them. A tensor name found in two files is an error.
+    pub fn from_headers(headers: Vec<Header>, fetch: Box<dyn RangeFetch>) -> Result<TensorSource> {
+        let origin = headers.iter().map(|h| h.file.as_str()).collect::<Vec<_>>().join(", ");
+        let mut src = TensorSource { files: Vec::with_capacity(headers.len()), by_name: HashMap::new(), origin, fetch: Some(fetch) };
+        for header in headers {
+            let fi = src.files.len();
+            for (ti, t) in header.tensors.iter().enumerate() {
+                if let Some(&(other, _)) = src.by_name.get(&t.name) {
+                    return Err(terr(&header.file, &t.name, format!("also in {}", src.files[other].header.file)));
+                }
+                src.by_name.insert(t.name.clone(), (fi, ti));
+            }
+            src.files.push(SourceFile { header, bytes: None });
         }
         Ok(src)
     }
@@ -312,12 +364,50 @@ impl TensorSource {
         }
     }
 
-    /// The tensor's entry, its bytes and the name of its file.
+    /// The tensor's entry, its bytes and the name of its file; None when absent or when its file
+    /// is read on demand (see [`TensorSource::read`]).
     pub fn get(&self, name: &str) -> Option<(&TensorInfo, &[u8], &str)> {
         let &(fi, ti) = self.by_name.get(name)?;
         let f = &self.files[fi];
         let t = &f.header.tensors[ti];
-        Some((t, &f.bytes[t.range.clone()], &f.header.file))
+        Some((t, &f.bytes.as_ref()?[t.range.clone()], &f.header.file))
+    }
+
+    /// How much of `name` to read at once: None when its file is in memory (read it whole).
+    pub fn max_read(&self, name: &str) -> Option<usize> {
+        let &(fi, _) = self.by_name.get(name)?;
+        match (&self.files[fi].bytes, &self.fetch) {
+            (None, Some(f)) => Some(f.max_read().max(1)),
+            _ => None,
+        }
+    }
+
+    /// The tensor's entry and the name of its file, with an error naming where it was looked for.
+    pub fn need_info(&self, name: &str) -> Result<(&TensorInfo, &str)> {
+        let &(fi, ti) = self.by_name.get(name).ok_or_else(|| terr(&self.origin, name, "missing"))?;
+        let f = &self.files[fi];
+        Ok((&f.header.tensors[ti], &f.header.file))
+    }
+
+    /// Bytes `within` (relative to the tensor's start) of a tensor: borrowed when the file is in
+    /// memory, fetched otherwise. Large tensors can be read in parts this way.
+    pub async fn read(&self, name: &str, within: Range<usize>) -> Result<Cow<'_, [u8]>> {
+        let &(fi, ti) = self.by_name.get(name).ok_or_else(|| terr(&self.origin, name, "missing"))?;
+        let f = &self.files[fi];
+        let t = &f.header.tensors[ti];
+        if within.start > within.end || within.end > t.range.len() {
+            return Err(terr(&f.header.file, name, format!("bytes {within:?} outside its {} bytes", t.range.len())));
+        }
+        let abs = t.range.start + within.start..t.range.start + within.end;
+        if let Some(b) = &f.bytes {
+            return Ok(Cow::Borrowed(&b[abs]));
+        }
+        let Some(fetch) = &self.fetch else { return Err(terr(&f.header.file, name, "no bytes and no fetcher")) };
+        let got = fetch.fetch(&f.header.file, abs.clone()).await?;
+        if got.len() != abs.len() {
+            return Err(terr(&f.header.file, name, format!("fetched {} bytes for the {} of range {abs:?}", got.len(), abs.len())));
+        }
+        Ok(Cow::Owned(got))
     }
 
     /// Like [`TensorSource::get`], with an error naming the tensor and where it was looked for.

@@ -6,7 +6,11 @@
 //! uploads. Matrices go from the file's bytes (a memory-mapped slice natively) to the GPU and are
 //! converted there (`ops::convert::upload_matrix`); vectors (norms, biases, the position table)
 //! are small and converted on the host. Tensors the graph does not use (the SigLIP pooling
-//! head, blocks past `select_layer`) are never read.
+//! head, blocks past `select_layer`) are never read. A source read on demand (the browser)
+//! is fetched tensor by tensor, large matrices in row chunks of at most the fetcher's
+//! `max_read` bytes, so host memory holds one chunk at a time.
+
+use std::borrow::Cow;
 
 use half::{bf16, f16};
 
@@ -14,7 +18,7 @@ use super::config::{Layout, ModelConfig};
 use super::safetensors::{TensorInfo, TensorSource};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, RowSplit, Tensor};
-use crate::ops::convert::{upload_matrix, upload_matrix_concat, Source};
+use crate::ops::convert::{stack_rows, upload_matrix, Source};
 
 pub struct Linear {
     /// [out, in] in the weight dtype.
@@ -237,13 +241,20 @@ fn decode(t: &TensorInfo, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
-impl Loader<'_> {
-    /// The tensor, checked against the shape `plan` expects (already validated; re-checked cheaply).
-    fn get(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, &[u8], &str)> {
-        let (t, bytes, file) = self.src.need(name)?;
+impl<'a> Loader<'a> {
+    /// The tensor's entry, checked against the shape `plan` expects (already validated; re-checked cheaply).
+    fn info(&self, name: &str, shape: &[usize]) -> Result<(&'a TensorInfo, &'a str)> {
+        let (t, file) = self.src.need_info(name)?;
         if t.shape != shape {
             return Err(weight_err(file, name, format!("shape {:?}, expected {shape:?}", t.shape)));
         }
+        Ok((t, file))
+    }
+
+    /// The tensor and its bytes (borrowed from memory or fetched).
+    async fn get(&self, name: &str, shape: &[usize]) -> Result<(&'a TensorInfo, Cow<'a, [u8]>, &'a str)> {
+        let (t, file) = self.info(name, shape)?;
+        let bytes = self.src.read(name, 0..t.range.len()).await?;
         Ok((t, bytes, file))
     }
 
@@ -253,9 +264,9 @@ impl Loader<'_> {
     }
 
     /// A 1-D tensor (norm weight, bias) as f32.
-    fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
-        let (t, bytes, file) = self.get(name, &[n])?;
-        let data = decode(t, bytes);
+    async fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
+        let (t, bytes, file) = self.get(name, &[n]).await?;
+        let data = decode(t, &bytes);
         let len = bytes.len();
         let out = Tensor::from_f32(self.gpu, &[n], DType::F32, &data).map_err(|e| named(e, file, name))?;
         self.tick(len);
@@ -264,36 +275,44 @@ impl Loader<'_> {
 
     /// A weight matrix stored with `shape` (whose product is rows*cols) as [rows, cols] in the weight dtype.
     async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<RowSplit> {
-        let (t, bytes, file) = self.get(name, shape)?;
-        let m = upload_matrix(self.gpu, rows, cols, t.dtype, bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, file, name))?;
-        self.tick(bytes.len());
-        Ok(m)
+        let (t, file) = self.info(name, shape)?;
+        if rows == 0 {
+            return upload_matrix(self.gpu, rows, cols, t.dtype, &[], self.wdtype, usize::MAX).await;
+        }
+        let row_bytes = cols * t.dtype.size();
+        // In memory (a mapped file): one upload. Fetched: row chunks, each uploaded before the next is read.
+        let per = self.src.max_read(name).map_or(rows, |m| (m / row_bytes.max(1)).max(1));
+        let mut out = RowSplit { rows, cols, dtype: self.wdtype, parts: Vec::new() };
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = per.min(rows - r0);
+            let bytes = self.src.read(name, r0 * row_bytes..(r0 + n) * row_bytes).await?;
+            let m = upload_matrix(self.gpu, n, cols, t.dtype, &bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, file, name))?;
+            out.parts.extend(m.parts.into_iter().map(|(r, p)| (r0 + r, p)));
+            self.tick(bytes.len());
+            r0 += n;
+        }
+        Ok(out)
     }
 
     async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize) -> Result<Linear> {
         let w = self.matrix(w, &[out, inp], out, inp).await?;
         let b = match b {
-            Some(b) => Some(self.vector(b, out)?),
+            Some(b) => Some(self.vector(b, out).await?),
             None => None,
         };
         Ok(Linear { w, b })
     }
 
-    /// Bias-free weights [rows_i, cols] stacked row-wise into one matrix, uploaded piece by piece.
+    /// Bias-free weights [rows_i, cols] stacked row-wise into one matrix (one matmul instead of
+    /// several): each is uploaded as any matrix (streamed in row chunks where fetched), then the
+    /// GPU copies them into the stacked parts.
     async fn stacked(&mut self, parts: &[(&str, usize)], cols: usize) -> Result<Linear> {
-        let mut pieces = Vec::with_capacity(parts.len());
-        let mut dtype = None;
+        let mut mats = Vec::with_capacity(parts.len());
         for &(name, rows) in parts {
-            let (t, b, file) = self.get(name, &[rows, cols])?;
-            if dtype.is_some_and(|d| d != t.dtype) {
-                return Err(weight_err(file, name, format!("dtype {:?} differs from {:?} of the matrices it is stacked with", t.dtype, dtype)));
-            }
-            dtype = Some(t.dtype);
-            pieces.push(b);
+            mats.push(self.matrix(name, &[rows, cols], rows, cols).await?);
         }
-        let Some(dtype) = dtype else { return Err(Error::Invalid("stacked: no matrices".into())) };
-        let w = upload_matrix_concat(self.gpu, &pieces, cols, dtype, self.wdtype, usize::MAX).await?;
-        self.tick(pieces.iter().map(|p| p.len()).sum());
+        let w = stack_rows(self.gpu, mats).await.map_err(|e| named(e, self.src.origin(), parts[0].0))?;
         Ok(Linear { w, b: None })
     }
 
@@ -303,14 +322,14 @@ impl Loader<'_> {
         let mut bytes = Vec::new();
         let mut bias = Vec::with_capacity(3 * w);
         for (wn, bn) in &names {
-            let (t, b, file) = self.get(wn, &[w, w])?;
+            let (t, b, file) = self.get(wn, &[w, w]).await?;
             if dtype.is_some_and(|d| d != t.dtype) {
                 return Err(weight_err(file, wn, format!("dtype {:?} differs from the other projections' {:?}", t.dtype, dtype)));
             }
             dtype = Some(t.dtype);
-            bytes.extend_from_slice(b);
-            let (tb, bb, _) = self.get(bn, &[w])?;
-            bias.extend(decode(tb, bb));
+            bytes.extend_from_slice(&b);
+            let (tb, bb, _) = self.get(bn, &[w]).await?;
+            bias.extend(decode(tb, &bb));
         }
         let Some(dtype) = dtype else { return Err(Error::Invalid("qkv: no projections".into())) };
         let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, self.src.origin(), &names[0].0))?;
@@ -332,11 +351,11 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     // Pass 1: every tensor present with its expected shape, before anything is uploaded.
     let mut total = 0u64;
     for (name, shape) in plan(cfg, files) {
-        let (t, bytes, file) = files.need(&name)?;
+        let (t, file) = files.need_info(&name)?;
         if t.shape != shape {
             return Err(weight_err(file, &name, format!("shape {:?}, expected {shape:?}", t.shape)));
         }
-        total += bytes.len() as u64;
+        total += t.range.len() as u64;
     }
     let mut ld = Loader { gpu, src: files, wdtype, act, done: 0, total, progress };
     let n = Names { layout: cfg.layout };
@@ -344,29 +363,29 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     let (w, p, t) = (vc.width, vc.patch_size, cfg.num_image_tokens);
 
     // Vision tower. The conv weight [w, 3, p, p] is already [w, 3*p*p] in (c, ky, kx) order.
-    let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p).await?, b: Some(ld.vector(&n.patch("bias"), w)?) };
+    let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p).await?, b: Some(ld.vector(&n.patch("bias"), w).await?) };
     let pos_shape = if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] };
-    let (pi, pb, pf) = ld.get(&n.pos(), &pos_shape)?;
-    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, pb)).map_err(|e| named(e, pf, &n.pos()))?; // [num_tokens, width]
+    let (pi, pb, pf) = ld.get(&n.pos(), &pos_shape).await?;
+    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, &pb)).map_err(|e| named(e, pf, &n.pos()))?; // [num_tokens, width]
     ld.tick(pb.len());
     let mut blocks = Vec::with_capacity(vc.layers);
     for i in 0..vc.layers {
         let b = |part: &str, wb: &str| n.block(i, part, wb);
-        let norm1_w = ld.vector(&b("norm1", "weight"), w)?;
-        let norm1_b = ld.vector(&b("norm1", "bias"), w)?;
+        let norm1_w = ld.vector(&b("norm1", "weight"), w).await?;
+        let norm1_b = ld.vector(&b("norm1", "bias"), w).await?;
         let qkv = match cfg.layout {
             Layout::Original => ld.linear(&b("attn.qkv", "weight"), Some(&b("attn.qkv", "bias")), 3 * w, w).await?,
             Layout::Hf => ld.qkv_concat(["attn.q", "attn.k", "attn.v"].map(|p| (b(p, "weight"), b(p, "bias"))), w).await?,
         };
         let proj = ld.linear(&b("attn.proj", "weight"), Some(&b("attn.proj", "bias")), w, w).await?;
-        let norm2_w = ld.vector(&b("norm2", "weight"), w)?;
-        let norm2_b = ld.vector(&b("norm2", "bias"), w)?;
+        let norm2_w = ld.vector(&b("norm2", "weight"), w).await?;
+        let norm2_b = ld.vector(&b("norm2", "bias"), w).await?;
         let fc1 = ld.linear(&b("mlp.fc1", "weight"), Some(&b("mlp.fc1", "bias")), vc.mlp_dim, w).await?;
         let fc2 = ld.linear(&b("mlp.fc2", "weight"), Some(&b("mlp.fc2", "bias")), w, vc.mlp_dim).await?;
         blocks.push(VisionBlock { norm1_w, norm1_b, qkv, proj, norm2_w, norm2_b, fc1, fc2 });
     }
-    let norm_w = ld.vector(&n.vis_norm("weight"), w)?;
-    let norm_b = ld.vector(&n.vis_norm("bias"), w)?;
+    let norm_w = ld.vector(&n.vis_norm("weight"), w).await?;
+    let norm_b = ld.vector(&n.vis_norm("bias"), w).await?;
     let vision = VisionWeights { patch, pos_embed, blocks, norm_w, norm_b };
 
     let mut layers = Vec::with_capacity(ac.depth);
@@ -382,15 +401,15 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     for i in 0..lc.layers {
         let ly = |s: &str| n.llm(&format!("layers.{i}.{s}.weight"));
         layers.push(LlmLayer {
-            input_norm: ld.vector(&ly("input_layernorm"), h)?,
+            input_norm: ld.vector(&ly("input_layernorm"), h).await?,
             qkv: ld.stacked(&[(&ly("self_attn.q_proj"), q), (&ly("self_attn.k_proj"), kv), (&ly("self_attn.v_proj"), kv)], h).await?,
             o: ld.linear(&ly("self_attn.o_proj"), None, h, q).await?,
-            post_norm: ld.vector(&ly("post_attention_layernorm"), h)?,
+            post_norm: ld.vector(&ly("post_attention_layernorm"), h).await?,
             gate_up: ld.stacked(&[(&ly("mlp.gate_proj"), lc.intermediate), (&ly("mlp.up_proj"), lc.intermediate)], h).await?,
             down: ld.linear(&ly("mlp.down_proj"), None, h, lc.intermediate).await?,
         });
     }
-    let norm = ld.vector(&n.llm("norm.weight"), h)?;
+    let norm = ld.vector(&n.llm("norm.weight"), h).await?;
     let lm_head = if files.contains(&n.lm_head()) || !lc.tie_embeddings { ld.matrix(&n.lm_head(), &[lc.vocab, h], lc.vocab, h).await? } else { embed.clone() };
     let llm = LlmWeights { embed, layers, norm, lm_head };
     Ok(Weights { vision, aligner, llm })

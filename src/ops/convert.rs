@@ -102,6 +102,54 @@ pub async fn upload_matrix_concat(gpu: &Gpu, pieces: &[&[u8]], cols: usize, from
     Ok(RowSplit { rows, cols, dtype: to, parts })
 }
 
+/// Stacks matrices row-wise into one (parts under the binding limit), by buffer copies on the
+/// GPU: e.g. q|k|v projections fused into one matmul. The sources are dropped afterwards.
+pub async fn stack_rows(gpu: &Gpu, mats: Vec<RowSplit>) -> Result<RowSplit> {
+    let op = "stack";
+    let Some(first) = mats.first() else { return Err(shape_err(op, "no matrices".into())) };
+    let (cols, dtype) = (first.cols, first.dtype);
+    if mats.iter().any(|m| m.cols != cols || m.dtype != dtype) {
+        return Err(shape_err(op, "matrices of different widths or dtypes".into()));
+    }
+    if mats.len() == 1 {
+        return Ok(mats.into_iter().next().expect("one matrix"));
+    }
+    let row_bytes = (cols * dtype.size()) as u64;
+    if row_bytes % 4 != 0 {
+        return Err(shape_err(op, format!("rows of {row_bytes} bytes cannot be copied on the GPU (4-byte multiples)")));
+    }
+    // Every source part as (first row in the stack, tensor, rows).
+    let mut src = Vec::new();
+    let mut base = 0;
+    for m in &mats {
+        for (r0, t) in &m.parts {
+            src.push((base + r0, t.clone(), t.shape()[0]));
+        }
+        base += m.rows;
+    }
+    let rows = base;
+    let per = RowSplit::rows_per_part(gpu, cols, dtype)?;
+    let mut parts = Vec::new();
+    let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("stack") });
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = per.min(rows - r0);
+        let part = Tensor::empty_exact(gpu, &[n, cols], dtype)?;
+        for (s0, t, sn) in &src {
+            let (lo, hi) = (r0.max(*s0), (r0 + n).min(s0 + sn));
+            if lo < hi {
+                let from = t.offset() + (lo - s0) as u64 * row_bytes;
+                let to = part.offset() + (lo - r0) as u64 * row_bytes;
+                enc.copy_buffer_to_buffer(t.buffer(), from, part.buffer(), to, (hi - lo) as u64 * row_bytes);
+            }
+        }
+        parts.push((r0, part));
+        r0 += n;
+    }
+    gpu.submit_checked("stacking weight matrices", enc.finish()).await?;
+    Ok(RowSplit { rows, cols, dtype, parts })
+}
+
 /// Writes bytes [start, start + len) of the concatenation of `pieces` to the start of `dst`:
 /// slice by slice where the copies stay 4-byte aligned, else through one host buffer.
 fn write_rows(gpu: &Gpu, dst: &Tensor, pieces: &[&[u8]], start: usize, len: usize) {

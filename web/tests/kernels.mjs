@@ -8,16 +8,12 @@
 // check, and exits non-zero when any check fails, when no WebGPU adapter comes up, or when
 // fewer checks ran than are registered (matching the filter). Uses Debian's /usr/bin/chromium
 // (override with CHROMIUM=path); never downloads a browser. DSVL_CHROMIUM_ARGS (space
-// separated) replaces the GPU flags below, to try other flag sets.
+// separated) replaces the GPU flags (harness.mjs), to try other flag sets.
 
-import { createServer } from 'node:http';
-import { readFile, stat } from 'node:fs/promises';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { extname, join, normalize, resolve, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, WEB_ROOT, launch, serve } from './harness.mjs';
 
 const { values: opts } = parseArgs({
   options: {
@@ -26,63 +22,6 @@ const { values: opts } = parseArgs({
   },
 });
 const TIMEOUT_MS = Number(opts.timeout) * 1000;
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-
-// WebGPU in headless Chromium without a GPU (measured with Chromium 156, see web/README.md):
-// --enable-unsafe-webgpu is the one flag needed for an adapter (Linux does not ship WebGPU by
-// default); Playwright adds --headless, --no-sandbox (needed as root) and
-// --enable-unsafe-swiftshader (which WebGPU turned out not to need).
-// --use-webgpu-adapter=swiftshader pins the adapter, so every machine, with or without a GPU,
-// runs the same one as CI.
-const GPU_ARGS = process.env.DSVL_CHROMIUM_ARGS?.split(/\s+/).filter(Boolean) ?? [
-  '--enable-unsafe-webgpu',
-  '--use-webgpu-adapter=swiftshader',
-];
-// Keep Chromium off the network and out of first-run work (most are Playwright defaults too).
-const HOUSEKEEPING_ARGS = [
-  '--no-sandbox',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-];
-
-const WEB_ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
-const MIME = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8',
-  '.wasm': 'application/wasm',
-  '.json': 'application/json',
-  '.css': 'text/css',
-  '.ts': 'text/plain; charset=utf-8',
-  '.map': 'application/json',
-};
-
-function serve() {
-  const server = createServer(async (req, res) => {
-    try {
-      const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-      const file = normalize(join(WEB_ROOT, path));
-      if (file !== WEB_ROOT && !file.startsWith(WEB_ROOT + sep)) throw Object.assign(new Error(), { code: 'ENOENT' });
-      if (!(await stat(file)).isFile()) throw Object.assign(new Error(), { code: 'ENOENT' });
-      const body = await readFile(file);
-      res.writeHead(200, {
-        'Content-Type': MIME[extname(file)] ?? 'application/octet-stream',
-        'Cache-Control': 'no-store',
-      });
-      res.end(body);
-    } catch (e) {
-      res.writeHead(e.code === 'ENOENT' ? 404 : 500, { 'Content-Type': 'text/plain' });
-      res.end(e.code === 'ENOENT' ? 'not found' : String(e));
-    }
-  });
-  return new Promise((ok, fail) => {
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => ok(server));
-  });
-}
 
 const matches = (name, filter) => {
   const parts = filter.split(',').map((s) => s.trim()).filter(Boolean);
@@ -94,21 +33,15 @@ async function main() {
     throw new Error('web/pkg is missing: run scripts/build-web.sh first');
   }
   const server = await serve();
-  const url = `http://127.0.0.1:${server.address().port}/tests/kernels.html` +
+  const url = `${server.url}/tests/kernels.html` +
     (opts.filter ? `?filter=${encodeURIComponent(opts.filter)}` : '');
-  const profile = mkdtempSync(join(tmpdir(), 'dsvl-chromium-'));
   const t0 = Date.now();
   const secs = () => ((Date.now() - t0) / 1000).toFixed(1);
-  let browser;
+  let chrome;
   try {
-    const args = [...GPU_ARGS, ...HOUSEKEEPING_ARGS];
-    browser = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args,
-      timeout: 120_000,
-    });
-    console.log(`chromium ${browser.browser()?.version() ?? '?'} (${CHROMIUM}) ${args.join(' ')}`);
+    chrome = await launch();
+    const browser = chrome.ctx;
+    console.log(`chromium ${chrome.version} (${CHROMIUM}) ${chrome.args.join(' ')}`);
     const page = browser.pages()[0] ?? (await browser.newPage());
 
     let names = null;
@@ -180,9 +113,8 @@ async function main() {
     }
     return 0;
   } finally {
-    await browser?.close().catch(() => {});
+    await chrome?.close();
     server.close();
-    rmSync(profile, { recursive: true, force: true });
   }
 }
 

@@ -1,8 +1,24 @@
-//! The wasm-bindgen surface for the browser (meant to run inside a Web Worker).
+//! The wasm-bindgen surface for the browser (meant to run inside a Web Worker; the npm
+//! package's web/src/worker.js drives it).
 //!
 //! One `Gpu` per module instance, opened on first use and kept. Errors cross into JS as
 //! rejected promises carrying the message (`JsError`); nothing here panics, and a panic hook
 //! logs to the console should a bug panic anyway.
+//!
+//! `load` and `model` hold the model API (loadModel; generate, chat, logits, info); the kernel
+//! checks are here.
+
+mod fetch;
+mod images;
+mod load;
+pub mod model;
+mod options;
+mod stream;
+
+/// Milliseconds of wall time (the worker's clock).
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,18 +40,18 @@ fn start() {
 
 /// The shared device, opened on the first call. Concurrent first calls may both open one;
 /// the first stored wins and the other is dropped.
-async fn gpu() -> Result<Rc<Gpu>, JsError> {
+pub(crate) async fn gpu() -> crate::Result<Rc<Gpu>> {
     if let Some(g) = GPU.with(|c| c.borrow().clone()) {
         return Ok(g);
     }
-    let g = Rc::new(Gpu::new(&GpuOptions::default()).await.map_err(|e| JsError::new(&e.to_string()))?);
+    let g = Rc::new(Gpu::new(&GpuOptions::default()).await?);
     Ok(GPU.with(|c| c.borrow_mut().get_or_insert(g).clone()))
 }
 
 /// Adapter, features, limits and the kernel paths this device will use.
 #[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<String, JsError> {
-    Ok(gpu().await?.describe())
+    Ok(gpu().await.map_err(|e| JsError::new(&e.to_string()))?.describe())
 }
 
 /// Names of every registered kernel check, as a JSON array of strings.
@@ -67,7 +83,7 @@ pub async fn run_kernel_checks(filter: Option<String>, on_result: Option<js_sys:
     if selected.is_empty() {
         return Err(JsError::new(&format!("no kernel check matches `{}`", filter.unwrap_or_default())));
     }
-    let gpu = gpu().await?;
+    let gpu = gpu().await.map_err(|e| JsError::new(&e.to_string()))?;
     let mut results = Vec::with_capacity(selected.len());
     for (name, check) in selected {
         let t0 = js_sys::Date::now();
@@ -86,4 +102,12 @@ pub async fn run_kernel_checks(filter: Option<String>, on_result: Option<js_sys:
         results.push(r);
     }
     Ok(serde_json::Value::from(results).to_string())
+}
+
+/// Frees the GPU buffers the pool keeps for reuse (after a model is dropped).
+#[wasm_bindgen(js_name = trimGpu)]
+pub fn trim_gpu() {
+    if let Some(g) = GPU.with(|c| c.borrow().clone()) {
+        g.trim_pool();
+    }
 }
