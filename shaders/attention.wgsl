@@ -1,4 +1,4 @@
-// Scaled dot-product attention, one workgroup per (R query rows, head, key split), with an online
+// Scaled dot-product attention, one workgroup per (query row, head, key split), with an online
 // softmax over tiles of 64 keys: no score matrix is materialised, any length fits, and the 64
 // threads share every load (thread t scores key t of a tile, then each thread accumulates one
 // vec4 of the head dim over a share of the tile's keys).
@@ -73,133 +73,89 @@ fn visible_keys(i: u32) -> u32 {
 @group(0) @binding(5) var<storage, read_write> o: array<T>;
 #endif
 
-// Query rows per workgroup: each K and V load serves R rows (flag R4 for long prompts).
-#ifdef R4
-const R: u32 = 4u;
-#else
-const R: u32 = 1u;
-#endif
-
-var<workgroup> qs: array<vec4<f32>, R * D4>;
-var<workgroup> sc: array<f32, R * TILE>;
-var<workgroup> ps: array<f32, R * TILE>;
-var<workgroup> red: array<vec4<f32>, R * TILE>;
+var<workgroup> qs: array<vec4<f32>, D4>;
+var<workgroup> sc: array<f32, TILE>;
+var<workgroup> ps: array<f32, TILE>;
+var<workgroup> red: array<vec4<f32>, TILE>;
 
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let i0 = wid.x * R;
+    let i = wid.x;
     let h = wid.y;
     let kvh = h / (p.heads / p.kv_heads);
+    let kend = min(visible_keys(i), (wid.z + 1u) * p.split_len);
     let kstart = wid.z * p.split_len;
-    // Keys any row of the workgroup sees (the last row sees the most); uniform, so every
-    // barrier below is reached by all threads.
-    let kend = min(visible_keys(min(i0 + R - 1u, p.m - 1u)), (wid.z + 1u) * p.split_len);
-    for (var e = t; e < R * D4; e += 64u) {
-        let r = e / D4;
-        let d = e % D4;
-        var qv = vec4<f32>(0.0);
-        if (i0 + r < p.m) {
-            let qb = p.q_off + (i0 + r) * p.q_stride + h * D + 4u * d;
-            qv = vec4<f32>(f32(q[qb]), f32(q[qb + 1u]), f32(q[qb + 2u]), f32(q[qb + 3u])) * p.scale;
-        }
-        qs[e] = qv;
-    }
-    var row_end: array<u32, R>;
-    for (var r = 0u; r < R; r++) {
-        row_end[r] = min(visible_keys(min(i0 + r, p.m - 1u)), kend);
+    let qb = p.q_off + i * p.q_stride + h * D;
+    if (t < D4) {
+        qs[t] = vec4<f32>(f32(q[qb + 4u * t]), f32(q[qb + 4u * t + 1u]), f32(q[qb + 4u * t + 2u]), f32(q[qb + 4u * t + 3u])) * p.scale;
     }
     workgroupBarrier();
     let col = t % D4;
     let kp = t / D4;
-    var acc: array<vec4<f32>, R>;
-    var run_max: array<f32, R>;
-    var run_sum: array<f32, R>;
-    for (var r = 0u; r < R; r++) {
-        acc[r] = vec4<f32>(0.0);
-        run_max[r] = NEG;
-        run_sum[r] = 0.0;
-    }
+    var acc = vec4<f32>(0.0);
+    var run_max = NEG;
+    var run_sum = 0.0;
+    // kstart, kend are uniform across the workgroup, so every barrier below is reached by all.
     for (var t0 = kstart; t0 < kend; t0 += TILE) {
         let key = t0 + t;
-        var s: array<f32, R>;
-        for (var r = 0u; r < R; r++) {
-            s[r] = 0.0;
-        }
+        var s = NEG;
         if (key < kend) {
             let kb = p.k_off4 + key * p.k_stride4 + kvh * D4;
+            var dv = 0.0;
             for (var d = 0u; d < D4; d++) {
-                let kv = vec4<f32>(k[kb + d]);
-                for (var r = 0u; r < R; r++) {
-                    s[r] += dot(qs[r * D4 + d], kv);
-                }
+                dv += dot(qs[d], vec4<f32>(k[kb + d]));
             }
+            s = dv;
         }
-        for (var r = 0u; r < R; r++) {
-            sc[r * TILE + t] = select(NEG, s[r], key < row_end[r]);
-        }
+        sc[t] = s;
         workgroupBarrier();
-        for (var r = 0u; r < R; r++) {
-            var tile_max = NEG;
-            for (var j = 0u; j < TILE; j++) {
-                tile_max = max(tile_max, sc[r * TILE + j]);
-            }
-            let new_max = max(run_max[r], tile_max);
-            ps[r * TILE + t] = select(0.0, exp(s[r] - new_max), key < row_end[r]);
-            let corr = exp(run_max[r] - new_max);
-            acc[r] *= corr;
-            run_sum[r] *= corr;
-            run_max[r] = new_max;
+        var tile_max = NEG;
+        for (var j = 0u; j < TILE; j++) {
+            tile_max = max(tile_max, sc[j]);
         }
+        let new_max = max(run_max, tile_max);
+        ps[t] = select(0.0, exp(s - new_max), key < kend);
+        let corr = exp(run_max - new_max);
+        acc *= corr;
+        run_sum *= corr;
+        run_max = new_max;
         workgroupBarrier();
-        for (var r = 0u; r < R; r++) {
-            var tile_sum = 0.0;
-            for (var j = 0u; j < TILE; j++) {
-                tile_sum += ps[r * TILE + j];
-            }
-            run_sum[r] += tile_sum;
+        var tile_sum = 0.0;
+        for (var j = 0u; j < TILE; j++) {
+            tile_sum += ps[j];
         }
+        run_sum += tile_sum;
         let n = min(TILE, kend - t0);
         for (var j = kp; j < n; j += KP) {
-            let vv = vec4<f32>(v[p.v_off4 + (t0 + j) * p.v_stride4 + kvh * D4 + col]);
-            for (var r = 0u; r < R; r++) {
-                acc[r] += ps[r * TILE + j] * vv;
-            }
+            acc += ps[j] * vec4<f32>(v[p.v_off4 + (t0 + j) * p.v_stride4 + kvh * D4 + col]);
         }
     }
     // The KP threads of each column add up their shares.
-    for (var r = 0u; r < R; r++) {
-        red[r * TILE + t] = acc[r];
-    }
+    red[t] = acc;
     workgroupBarrier();
     if (kp == 0u) {
-        for (var r = 0u; r < R; r++) {
-            let i = i0 + r;
-            if (i >= p.m) {
-                break;
-            }
-            var a = red[r * TILE + col];
-            for (var q2 = 1u; q2 < KP; q2++) {
-                a += red[r * TILE + q2 * D4 + col];
-            }
-#ifdef SPLIT
-            let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 2u);
-            part[pb + 4u * col] = a.x;
-            part[pb + 4u * col + 1u] = a.y;
-            part[pb + 4u * col + 2u] = a.z;
-            part[pb + 4u * col + 3u] = a.w;
-            if (col == 0u) {
-                part[pb + D] = run_max[r];
-                part[pb + D + 1u] = run_sum[r];
-            }
-#else
-            let res = a / run_sum[r];
-            let ob = p.o_off + i * p.o_stride + h * D;
-            o[ob + 4u * col] = T(res.x);
-            o[ob + 4u * col + 1u] = T(res.y);
-            o[ob + 4u * col + 2u] = T(res.z);
-            o[ob + 4u * col + 3u] = T(res.w);
-#endif
+        var a = red[col];
+        for (var r = 1u; r < KP; r++) {
+            a += red[r * D4 + col];
         }
+#ifdef SPLIT
+        let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 2u);
+        part[pb + 4u * col] = a.x;
+        part[pb + 4u * col + 1u] = a.y;
+        part[pb + 4u * col + 2u] = a.z;
+        part[pb + 4u * col + 3u] = a.w;
+        if (col == 0u) {
+            part[pb + D] = run_max;
+            part[pb + D + 1u] = run_sum;
+        }
+#else
+        let r = a / run_sum;
+        let ob = p.o_off + i * p.o_stride + h * D;
+        o[ob + 4u * col] = T(r.x);
+        o[ob + 4u * col + 1u] = T(r.y);
+        o[ob + 4u * col + 2u] = T(r.z);
+        o[ob + 4u * col + 3u] = T(r.w);
+#endif
     }
 }
 #endif

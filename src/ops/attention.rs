@@ -26,12 +26,10 @@ pub fn variants() -> Vec<PipelineKey> {
     for hd in ["HD32", "HD64", "HD128"] {
         for f16 in [false, true] {
             let base: Vec<&str> = if f16 { vec![hd, "F16"] } else { vec![hd] };
-            for rows in [&[][..], &["R4"]] {
-                let mut k: Vec<&str> = base.iter().chain(rows).copied().collect();
-                v.push(PipelineKey::new(ATTN, &k, &[]));
-                k.push("SPLIT");
-                v.push(PipelineKey::new(ATTN, &k, &[]));
-            }
+            v.push(PipelineKey::new(ATTN, &base, &[]));
+            let mut split = base.clone();
+            split.push("SPLIT");
+            v.push(PipelineKey::new(ATTN, &split, &[]));
             let mut comb = base.clone();
             comb.push("COMBINE");
             v.push(PipelineKey::new(COMBINE, &comb, &[]));
@@ -96,10 +94,7 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if q.rows == 0 {
         return Ok(());
     }
-    // Many rows (prefill, vision): 4 query rows per workgroup share every K and V load.
-    let rows_per_group = if q.rows >= 16 { 4 } else { 1 };
-    let groups = q.rows.div_ceil(rows_per_group);
-    let (splits, split_len) = split_plan(groups, s.heads, k.rows);
+    let (splits, split_len) = split_plan(q.rows, s.heads, k.rows);
     let params = AttnParams {
         m: q.rows as u32,
         heads: s.heads as u32,
@@ -120,16 +115,12 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     };
     let mut flags = act_flags(op, dt)?.to_vec();
     flags.push(hd_flag);
-    let mut attn_flags = flags.clone();
-    if rows_per_group == 4 {
-        attn_flags.push("R4");
-    }
-    let wg = [groups as u32, s.heads as u32, splits as u32];
+    let wg = [q.rows as u32, s.heads as u32, splits as u32];
     if splits == 1 {
-        return rec.dispatch(&PipelineKey::new(ATTN, &attn_flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
+        return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
     }
     let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
-    let mut split = attn_flags;
+    let mut split = flags.clone();
     split.push("SPLIT");
     rec.dispatch(&PipelineKey::new(ATTN, &split, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
     flags.push("COMBINE");
