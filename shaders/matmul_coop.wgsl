@@ -54,7 +54,7 @@ fn finish(m: u32, n: u32, acc: f32) {
 }
 
 // Tiles per subgroup along N (2 or 4) and 16-deep k steps per loop iteration (1 or 2).
-override NT: u32 = 2u;
+override NT: u32 = 4u;
 override KU: u32 = 1u;
 
 // Writes one subgroup's tile computed at (mc, nc) whose own rows and columns start at (ms, ns):

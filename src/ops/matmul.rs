@@ -67,10 +67,11 @@ pub fn variants() -> Vec<PipelineKey> {
 }
 
 /// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop
-/// iteration (1 or 2); `DSVL_COOP_NT` / `DSVL_COOP_KU` override the defaults for tuning.
+/// iteration (1 or 2); `DSVL_COOP_NT` / `DSVL_COOP_KU` override the defaults (NT 4, KU 1: the
+/// fastest on the H200, bench/logs/h200-2026-11-29-c-coop-tune.log) for tuning.
 fn coop_tuning() -> (u32, u32) {
     let env = |k: &str, ok: &[u32], d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d);
-    (env("DSVL_COOP_NT", &[2, 4], 2), env("DSVL_COOP_KU", &[1, 2], 1))
+    (env("DSVL_COOP_NT", &[2, 4], 4), env("DSVL_COOP_KU", &[1, 2], 1))
 }
 
 /// Whether the cooperative-matrix GEMM takes this product: tensor cores present, f16 x and W,
