@@ -17,15 +17,20 @@ struct RopeParams {
     dim: u32,
     off: u32,
     stride: u32,
-    _pad2: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // rope_kv: heads from kv_head0 on are keys; kv_w = keys' (and values') width; capacity of the cache
+    kv_head0: u32,
+    kv_w: u32,
+    capacity: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: RopeParams;
 @group(0) @binding(1) var<storage, read> seq: array<u32>;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<T>;
+#ifdef KV
+// rope_kv: the KV cache, rows [capacity, 2 * kv_w] holding k | v.
+@group(0) @binding(4) var<storage, read_write> cache: array<T>;
+#endif
 
 // sin and cos of an f32 angle to ~1e-7, the same on every driver: WGSL only bounds the
 // builtins' error inside [-pi, pi] (to 2^-11, and SwiftShader is ~1e-5 off there). Quadrant
@@ -62,3 +67,43 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     x[b + i] = T(x1 * c - x2 * s);
     x[b + i + half_dim] = T(x2 * c + x1 * s);
 }
+
+#ifdef KV
+// rope over q and k heads of a fused q | k | v row view, and the rotated keys and the values
+// appended to the cache at row seq[0] + r (positions past the cache are dropped): one dispatch.
+@compute @workgroup_size(256)
+fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let half_dim = p.dim / 2u;
+    let idx = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let pairs = p.rows * p.heads * half_dim;
+    if (idx < pairs) {
+        let i = idx % half_dim;
+        let h = (idx / half_dim) % p.heads;
+        let r = idx / (half_dim * p.heads);
+        let sc = sincos(f32(seq[0] + r) * inv_freq[i]);
+        let b = p.off + r * p.stride + h * p.dim;
+        let x1 = f32(x[b + i]);
+        let x2 = f32(x[b + i + half_dim]);
+        let y1 = T(x1 * sc.y - x2 * sc.x);
+        let y2 = T(x2 * sc.y + x1 * sc.x);
+        x[b + i] = y1;
+        x[b + i + half_dim] = y2;
+        let row = seq[0] + r;
+        if (h >= p.kv_head0 && row < p.capacity) {
+            let cb = row * 2u * p.kv_w + (h - p.kv_head0) * p.dim;
+            cache[cb + i] = y1;
+            cache[cb + i + half_dim] = y2;
+        }
+        return;
+    }
+    // Values: after the q and k heads in the row.
+    let j = idx - pairs;
+    if (j >= p.rows * p.kv_w) { return; }
+    let r = j / p.kv_w;
+    let c = j % p.kv_w;
+    let row = seq[0] + r;
+    if (row < p.capacity) {
+        cache[row * 2u * p.kv_w + p.kv_w + c] = x[p.off + r * p.stride + p.heads * p.dim + c];
+    }
+}
+#endif

@@ -22,6 +22,7 @@ kernel_tests!(
     check_softmax,
     check_rope,
     check_rope_replay,
+    check_rope_kv,
     check_attention_vit,
     check_attention_causal,
     check_conv2d,

@@ -8,12 +8,18 @@ use crate::error::Result;
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::params_struct;
 
-params_struct!(RopeParams("RopeParams") { rows: u32, heads: u32, dim: u32, off: u32, stride: u32, _pad2: u32, _pad0: u32, _pad1: u32 });
+params_struct!(RopeParams("RopeParams") { rows: u32, heads: u32, dim: u32, off: u32, stride: u32, kv_head0: u32, kv_w: u32, capacity: u32 });
 
 const ROPE: Kernel = Kernel { shader: "rope", entry: "rope", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite] };
+const ROPE_KV: Kernel = Kernel { shader: "rope", entry: "rope_kv", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite] };
 
 pub fn variants() -> Vec<PipelineKey> {
-    vec![PipelineKey::new(ROPE, &[], &[]), PipelineKey::new(ROPE, &["F16"], &[])]
+    vec![
+        PipelineKey::new(ROPE, &[], &[]),
+        PipelineKey::new(ROPE, &["F16"], &[]),
+        PipelineKey::new(ROPE_KV, &["KV"], &[]),
+        PipelineKey::new(ROPE_KV, &["F16", "KV"], &[]),
+    ]
 }
 
 /// HF's inverse frequencies, in f32 as HF computes them: 1 / theta^(2i/dim) for i < dim/2.
@@ -42,12 +48,51 @@ pub fn rope(rec: &mut Recorder, x: &Rows, heads: usize, dim: usize, inv_freq: &T
         dim: dim as u32,
         off: x.off as u32,
         stride: x.stride as u32,
-        _pad2: 0,
-        _pad0: 0,
-        _pad1: 0,
+        kv_head0: 0,
+        kv_w: 0,
+        capacity: 0,
     };
     let key = PipelineKey::new(ROPE, act_flags(op, x.t.dtype())?, &[]);
     rec.dispatch(&key, &params, &[seq, inv_freq, x.t], grid(pairs.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
+}
+
+/// For a fused q | k | v row view (`q_heads` + `kv_heads` heads of `dim`, then the values):
+/// rotates q and k in place and appends the rotated keys and the values to `cache` ([capacity,
+/// 2 * kv_heads * dim], rows k | v) at row `seq[0] + r`: `rope` and the KV append in one dispatch.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(rec: &mut Recorder, qkv: &Rows, q_heads: usize, kv_heads: usize, dim: usize, inv_freq: &Tensor, seq: &Tensor, cache: &Tensor) -> Result<()> {
+    let op = "rope_kv";
+    qkv.check(op)?;
+    let kvw = kv_heads * dim;
+    let heads = q_heads + kv_heads;
+    if dim == 0 || !dim.is_multiple_of(2) || heads * dim + kvw != qkv.cols {
+        return Err(shape_err(op, format!("{q_heads}+{kv_heads} heads of {dim} (even) and values must fill {} columns", qkv.cols)));
+    }
+    let &[cap, ccols] = cache.shape() else {
+        return Err(shape_err(op, format!("cache {:?} must be a matrix", cache.shape())));
+    };
+    if ccols != 2 * kvw || qkv.rows > cap {
+        return Err(shape_err(op, format!("cache {:?} for {} rows of k | v {kvw} wide", cache.shape(), qkv.rows)));
+    }
+    if seq.dtype() != DType::U32 || seq.is_empty() || inv_freq.dtype() != DType::F32 || inv_freq.len() != dim / 2 {
+        return Err(shape_err(op, format!("seq {:?} {} / inv_freq {:?} {} for head dim {dim}", seq.shape(), seq.dtype(), inv_freq.shape(), inv_freq.dtype())));
+    }
+    super::same_dtype(op, qkv.t.dtype(), &[cache])?;
+    let threads = u32_of(op, qkv.rows * (heads * dim / 2 + kvw))?;
+    let params = RopeParams {
+        rows: qkv.rows as u32,
+        heads: heads as u32,
+        dim: dim as u32,
+        off: qkv.off as u32,
+        stride: qkv.stride as u32,
+        kv_head0: q_heads as u32,
+        kv_w: kvw as u32,
+        capacity: u32_of(op, cap)?,
+    };
+    let mut flags = act_flags(op, qkv.t.dtype())?.to_vec();
+    flags.push("KV");
+    let key = PipelineKey::new(ROPE_KV, &flags, &[]);
+    rec.dispatch(&key, &params, &[seq, inv_freq, qkv.t, cache], grid(threads.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
 /// f64 reference on a [rows, heads*dim] row-major block; the angle is formed in f32 as HF
@@ -93,6 +138,50 @@ async fn check_rope(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
+/// rope_kv against the f64 rotation: q and k rotated in place, the cache rows at seq[0].. hold
+/// the rotated keys and the values, other cache rows untouched.
+async fn check_rope_kv(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(32);
+    let mut worst = 0.0f64;
+    for dt in check::act_dtypes(gpu) {
+        for (rows, qh, kvh, dim, pos0, cap) in [(3, 2, 2, 64, 7, 9), (5, 4, 2, 32, 0, 8), (3, 2, 1, 128, 40, 44)] {
+            let (qw, kvw) = (qh * dim, kvh * dim);
+            let cols = qw + 2 * kvw;
+            let x = check::round_to(dt, &rng.normals(rows * cols, 1.0));
+            let init = check::round_to(dt, &rng.normals(cap * 2 * kvw, 1.0));
+            let xt = Tensor::from_f32(gpu, &[rows, cols], dt, &x)?;
+            let ct = Tensor::from_f32(gpu, &[cap, 2 * kvw], dt, &init)?;
+            let seq = Tensor::from_u32(gpu, &[2], &[pos0 as u32, 0])?;
+            let inv = Tensor::from_f32(gpu, &[dim / 2], DType::F32, &inv_freq(dim, 10000.0))?;
+            let mut rec = Recorder::new(gpu);
+            rope_kv(&mut rec, &Rows::all(&xt), qh, kvh, dim, &inv, &seq, &ct)?;
+            rec.finish()?.run(gpu).await?;
+            // The q and k heads rotated as one block of qh + kvh heads; values as they were.
+            let qk: Vec<f32> = (0..rows * (qw + kvw)).map(|i| x[(i / (qw + kvw)) * cols + i % (qw + kvw)]).collect();
+            let rot = reference(&qk, rows, qh + kvh, dim, 10000.0, pos0);
+            let mut want_x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let mut want_c: Vec<f64> = init.iter().map(|&v| v as f64).collect();
+            for r in 0..rows {
+                for c in 0..qw + kvw {
+                    want_x[r * cols + c] = rot[r * (qw + kvw) + c];
+                }
+                let row = pos0 + r;
+                if row < cap {
+                    for c in 0..kvw {
+                        want_c[row * 2 * kvw + c] = rot[r * (qw + kvw) + qw + c];
+                        want_c[row * 2 * kvw + kvw + c] = x[r * cols + qw + kvw + c] as f64;
+                    }
+                }
+            }
+            let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 2e-3 } } else { Tol { abs: 2e-6, rel: 1e-6 } };
+            let what = format!("rope_kv {dt} {rows} rows {qh}+{kvh}x{dim}@{pos0}");
+            worst = worst.max(compare(&what, &gpu.read_f32(&xt).await?, &want_x, tol)?);
+            worst = worst.max(compare(&format!("{what} cache"), &gpu.read_f32(&ct).await?, &want_c, tol)?);
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
 /// A recorded step replayed at new positions by rewriting only the `seq` tensor.
 async fn check_rope_replay(gpu: &Gpu) -> CheckResult {
     let mut rng = Rng::new(31);
@@ -119,4 +208,4 @@ async fn check_rope_replay(gpu: &Gpu) -> CheckResult {
     Ok(format!("4 replays, max abs err {worst:.2e}"))
 }
 
-crate::checks!(check_rope, check_rope_replay);
+crate::checks!(check_rope, check_rope_replay, check_rope_kv);
