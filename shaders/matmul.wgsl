@@ -174,12 +174,6 @@ var<workgroup> partial: array<vec4<f32>, 256>;
 var<workgroup> partial_sq: array<f32, 256>;
 #endif
 
-#ifdef GLU
-fn silu4(g: vec4<f32>) -> vec4<f32> {
-    return g / (vec4<f32>(1.0) + exp(-g));
-}
-#endif
-
 #ifdef VEC
 // x[k..k+8] · W[n, k..k+8] with 16-byte loads.
 fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
@@ -188,15 +182,8 @@ fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
     let xa = vec4<f32>(x4[xi]) * g4[k >> 2u];
     let xb = vec4<f32>(x4[xi + 1u]) * g4[(k >> 2u) + 1u];
 #else
-#ifdef GLU
-    // x row = [gate | up], K each: the product is of silu(gate) * up.
-    let up = p.k >> 2u;
-    let xa = silu4(vec4<f32>(x4[xi])) * vec4<f32>(x4[xi + up]);
-    let xb = silu4(vec4<f32>(x4[xi + 1u])) * vec4<f32>(x4[xi + 1u + up]);
-#else
     let xa = vec4<f32>(x4[xi]);
     let xb = vec4<f32>(x4[xi + 1u]);
-#endif
 #endif
 #ifdef W_F16
     let q = w4[(n * p.k + k) >> 3u];

@@ -17,7 +17,6 @@ kernel_tests!(
     check_linear_split,
     check_linear_views,
     check_rms_linear,
-    check_glu_linear,
     check_norms,
     check_softmax,
     check_rope,

@@ -8,7 +8,8 @@ use super::weights::LlmWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::ops::attention::{attention, AttnShape};
-use crate::ops::matmul::{glu_linear, rms_linear, Act, Epilogue};
+use crate::ops::elementwise::{binary, Binary};
+use crate::ops::matmul::{rms_linear, Act, Epilogue};
 use crate::ops::rope::{inv_freq, rope_kv};
 use crate::ops::Rows;
 
@@ -89,7 +90,8 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
         // x += down(silu(gate(h)) * up(h)), h = norm(x)
         rms_linear(rec, &xr, &lw.post_norm, eps, &lw.gate_up.w, Epilogue::default(), &Rows::all(&gate_up), &hr)?;
-        glu_linear(rec, &gate_up, &lw.down.w, Epilogue { bias: lw.down.b.as_ref(), act: Act::None, residual: true }, &xr, &s)?;
+        binary(rec, Binary::SiluMul, &Rows::cols(&gate_up, 0, inter), &Rows::cols(&gate_up, inter, inter), &Rows::all(&s))?;
+        apply(rec, &lw.down, &Rows::all(&s), Act::None, true, &xr)?;
     }
     let (r0, n) = match rows {
         LogitRows::Last => (m - 1, 1),

@@ -56,10 +56,6 @@ pub fn variants() -> Vec<PipelineKey> {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(GEMV, &f, &[]));
             }
-            for extra in [&["VEC", "GLU"][..], &["VEC", "SUBGROUPS", "GLU"]] {
-                let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
-                v.push(PipelineKey::new(GEMV, &f, &[]));
-            }
             for extra in [&["VEC", "NORM"][..], &["VEC", "SUBGROUPS", "NORM"]] {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(GEMV_NORM, &f, &[]));
@@ -115,41 +111,13 @@ fn norm_fuses(x: &Rows, g: &Tensor) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub fn rms_linear(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: &RowSplit, ep: Epilogue, y: &Rows, h: &Rows) -> Result<()> {
     if norm_fuses(x, g) {
-        return linear_impl(rec, x, w, ep, y, Some(Fuse::Norm(g, eps)));
+        return linear_impl(rec, x, w, ep, y, Some((g, eps)));
     }
     super::norm::rmsnorm(rec, x, g, eps, h)?;
     linear(rec, h, w, ep, y)
 }
 
-/// y = linear(silu(gate) * up) for `gate_up` = [M, 2K] rows [gate | up]: decode rows compute the
-/// product's input inside the GEMV (no dispatch of its own); otherwise through `s` ([M, K]).
-pub fn glu_linear(rec: &mut Recorder, gate_up: &Tensor, w: &RowSplit, ep: Epilogue, y: &Rows, s: &Tensor) -> Result<()> {
-    let (m, k) = (s.shape()[0], w.cols);
-    if gate_up.shape() != [m, 2 * k] || s.shape() != [m, k] {
-        return Err(shape_err("glu_linear", format!("gate|up {:?} and scratch {:?} for a weight of {k} columns", gate_up.shape(), s.shape())));
-    }
-    let x = Rows::cols(gate_up, 0, k);
-    if m <= GEMV_MAX_ROWS && k.is_multiple_of(8) {
-        return linear_impl(rec, &x, w, ep, y, Some(Fuse::Glu));
-    }
-    super::elementwise::binary(rec, super::elementwise::Binary::SiluMul, &x, &Rows::cols(gate_up, k, k), &Rows::all(s))?;
-    linear(rec, &Rows::all(s), w, ep, y)
-}
-
-/// What a GEMV computes on its x row before the product.
-#[derive(Clone, Copy)]
-enum Fuse<'a> {
-    /// rmsnorm(x) * g with this epsilon.
-    Norm(&'a Tensor, f32),
-    /// silu(x[..K]) * x[K..2K].
-    Glu,
-}
-
-fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows, fuse: Option<Fuse>) -> Result<()> {
-    let norm = match fuse {
-        Some(Fuse::Norm(g, e)) => Some((g, e)),
-        _ => None,
-    };
+fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
     let op = "linear";
     x.check(op)?;
     y.check(op)?;
@@ -196,11 +164,11 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Row
     }
     let tuning = gemv_tuning();
     let coop = !gemv && coop_fits(rec.gpu, x, w, m, k);
-    if let Some(f) = fuse {
+    if norm.is_some() {
         if !flags.contains(&"VEC") {
-            return Err(shape_err(op, "a fused norm or GLU needs the GEMV's 16-byte loads".into()));
+            return Err(shape_err(op, "a fused norm needs the GEMV's 16-byte loads".into()));
         }
-        flags.push(if matches!(f, Fuse::Norm(..)) { "NORM" } else { "GLU" });
+        flags.push("NORM");
     }
     let key = if norm.is_some() {
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
@@ -429,41 +397,4 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
-/// silu(gate) * up fused into the GEMV (decode rows) and the unfused path, against f64.
-async fn check_glu_linear(gpu: &Gpu) -> CheckResult {
-    let mut rng = Rng::new(14);
-    let mut worst = 0.0f64;
-    for act_dt in check::act_dtypes(gpu) {
-        for w_dt in [DType::F32, DType::F16] {
-            for (m, k, n) in [(1, 64, 40), (2, 5632, 17), (11, 48, 20)] {
-                let gu = check::round_to(act_dt, &rng.normals(m * 2 * k, 2.0));
-                let w = check::round_to(w_dt, &rng.normals(n * k, (1.0 / k as f32).sqrt()));
-                let prev = check::round_to(act_dt, &rng.normals(m * n, 1.0));
-                let gt = Tensor::from_f32(gpu, &[m, 2 * k], act_dt, &gu)?;
-                let wt = RowSplit::from_f32(gpu, n, k, w_dt, &w)?;
-                let yt = Tensor::from_f32(gpu, &[m, n], act_dt, &prev)?;
-                let st = poisoned(gpu, &[m, k], act_dt)?;
-                let mut rec = Recorder::new(gpu);
-                glu_linear(&mut rec, &gt, &wt, Epilogue { residual: true, ..Default::default() }, &Rows::all(&yt), &st)?;
-                rec.finish()?.run(gpu).await?;
-                let got = gpu.read_f32(&yt).await?;
-                let mut h: Vec<f32> = (0..m * k)
-                    .map(|i| {
-                        let (g, u) = (gu[(i / k) * 2 * k + i % k] as f64, gu[(i / k) * 2 * k + k + i % k] as f64);
-                        (g / (1.0 + (-g).exp()) * u) as f32
-                    })
-                    .collect();
-                // The unfused path rounds silu(gate) * up to the activation dtype first.
-                if m > GEMV_MAX_ROWS {
-                    h = check::round_to(act_dt, &h);
-                }
-                let (want, mag) = reference(&h, &w, None, m, k, n, Act::None, Some(&prev));
-                let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
-                worst = worst.max(compare_mag(&format!("glu_linear {m}x{k}x{n} x:{act_dt} w:{w_dt}"), &got, &want, &mag, tol, 1e-5)?);
-            }
-        }
-    }
-    Ok(format!("max abs err {worst:.2e}"))
-}
-
-crate::checks!(check_linear, check_linear_split, check_linear_views, check_rms_linear, check_glu_linear);
+crate::checks!(check_linear, check_linear_split, check_linear_views, check_rms_linear);
