@@ -74,7 +74,6 @@ fn visible_keys(i: u32) -> u32 {
 #endif
 
 var<workgroup> qs: array<vec4<f32>, D4>;
-var<workgroup> sp: array<f32, TILE * (D4 + 1u)>;
 var<workgroup> sc: array<f32, TILE>;
 var<workgroup> ps: array<f32, TILE>;
 var<workgroup> red: array<vec4<f32>, TILE>;
@@ -98,23 +97,13 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var run_sum = 0.0;
     // kstart, kend are uniform across the workgroup, so every barrier below is reached by all.
     for (var t0 = kstart; t0 < kend; t0 += TILE) {
-        // Scores: the D4 threads of a column group read one key row together (coalesced), each
-        // a vec4 of it; their partial dots go through workgroup memory (rows padded by one to
-        // avoid bank conflicts), then thread t adds up key t's.
-        for (var j = kp; j < TILE; j += KP) {
-            var part = 0.0;
-            if (t0 + j < kend) {
-                part = dot(qs[col], vec4<f32>(k[p.k_off4 + (t0 + j) * p.k_stride4 + kvh * D4 + col]));
-            }
-            sp[j * (D4 + 1u) + col] = part;
-        }
-        workgroupBarrier();
         let key = t0 + t;
         var s = NEG;
         if (key < kend) {
+            let kb = p.k_off4 + key * p.k_stride4 + kvh * D4;
             var dv = 0.0;
             for (var d = 0u; d < D4; d++) {
-                dv += sp[t * (D4 + 1u) + d];
+                dv += dot(qs[d], vec4<f32>(k[kb + d]));
             }
             s = dv;
         }
