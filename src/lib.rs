@@ -10,6 +10,7 @@ pub mod model;
 pub mod ops;
 pub mod check;
 pub mod prompt;
+pub mod quant;
 pub mod text;
 pub mod image;
 #[cfg(not(target_arch = "wasm32"))]
