@@ -10,4 +10,4 @@ pub mod weights;
 
 pub use config::{AlignerConfig, Layout, LlmConfig, ModelConfig, VisionConfig};
 pub use safetensors::{TensorInfo, TensorSource};
-pub use weights::{load_weights, Weights};
+pub use weights::{load_weights, load_weights_with, WeightStats, Weights};

@@ -8,17 +8,16 @@
 //! are small and converted on the host. Tensors the graph does not use (the SigLIP pooling
 //! head, blocks past `select_layer`) are never read.
 
-use half::{bf16, f16};
-
 use super::config::{Layout, ModelConfig};
 use super::safetensors::{TensorInfo, TensorSource};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, RowSplit, Tensor};
+use crate::gpu::{DType, Gpu, Tensor};
 use crate::ops::convert::{upload_matrix, Source};
+use crate::quant::{file, Format, Packed, Part, QMatrix, Recipe, Weight};
 
 pub struct Linear {
-    /// [out, in] in the weight dtype.
-    pub w: RowSplit,
+    /// [out, in], dense or quantised.
+    pub w: Weight,
     /// [out], always f32.
     pub b: Option<Tensor>,
 }
@@ -63,18 +62,83 @@ pub struct LlmLayer {
 }
 
 pub struct LlmWeights {
-    /// [vocab, hidden] in the weight dtype.
-    pub embed: RowSplit,
+    /// [vocab, hidden], dense or quantised.
+    pub embed: Weight,
     pub layers: Vec<LlmLayer>,
     pub norm: Tensor,
-    /// [vocab, hidden]; shares `embed`'s buffers when the checkpoint ties them.
-    pub lm_head: RowSplit,
+    /// [vocab, hidden]; shares `embed`'s buffers when the checkpoint ties them (same format).
+    pub lm_head: Weight,
 }
 
 pub struct Weights {
     pub vision: VisionWeights,
     pub aligner: AlignerWeights,
     pub llm: LlmWeights,
+}
+
+/// What the weights occupy on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightStats {
+    /// Bytes of every weight buffer (codes, scales, dense matrices, vectors), a tied head once.
+    pub bytes: u64,
+    /// Checkpoint parameters they hold.
+    pub params: u64,
+}
+
+impl Weights {
+    /// Every weight matrix with the part of the model it belongs to.
+    pub fn matrices(&self) -> Vec<(Part, &Weight)> {
+        let mut v: Vec<(Part, &Weight)> = vec![(Part::Vision, &self.vision.patch.w)];
+        for b in &self.vision.blocks {
+            v.extend([&b.qkv, &b.proj, &b.fc1, &b.fc2].map(|l| (Part::Vision, &l.w)));
+        }
+        v.extend(self.aligner.layers.iter().map(|l| (Part::Aligner, &l.w)));
+        v.push((Part::Embed, &self.llm.embed));
+        for l in &self.llm.layers {
+            v.extend([&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].map(|l| (Part::Llm, &l.w)));
+        }
+        v.push((Part::LmHead, &self.llm.lm_head));
+        v
+    }
+
+    /// GPU bytes and parameter count of every weight.
+    pub fn stats(&self) -> WeightStats {
+        let (vis, llm) = (&self.vision, &self.llm);
+        let mut vectors: Vec<&Tensor> = vec![&vis.pos_embed, &vis.norm_w, &vis.norm_b, &llm.norm];
+        for b in &vis.blocks {
+            vectors.extend([&b.norm1_w, &b.norm1_b, &b.norm2_w, &b.norm2_b]);
+        }
+        for l in &llm.layers {
+            vectors.extend([&l.input_norm, &l.post_norm]);
+        }
+        let linears = vis.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]).chain([&vis.patch]).chain(&self.aligner.layers);
+        vectors.extend(linears.filter_map(|l| l.b.as_ref()));
+        let mut s = WeightStats::default();
+        for t in vectors {
+            s.bytes += t.byte_len();
+            s.params += t.len() as u64;
+        }
+        let tied = llm.lm_head.shares_storage(&llm.embed);
+        for (part, w) in self.matrices() {
+            if part == Part::LmHead && tied {
+                continue;
+            }
+            s.bytes += w.bytes();
+            s.params += (w.rows() * w.cols()) as u64;
+        }
+        s
+    }
+
+    /// The format each part holds, as a recipe (the first matrix of the part decides).
+    pub fn recipe(&self) -> Recipe {
+        let mut r = Recipe::uniform(Format::F32);
+        for p in Part::ALL {
+            if let Some((_, w)) = self.matrices().into_iter().find(|(q, _)| *q == p) {
+                r.set(p, w.format());
+            }
+        }
+        r
+    }
 }
 
 /// The tensor names of one layout.
@@ -146,60 +210,105 @@ impl Names {
     }
 }
 
+/// One tensor the graph reads: its name, its shape in the checkpoint and, for weight matrices,
+/// the part of the model it belongs to and its [rows, cols] as a matrix.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub matrix: Option<(Part, usize, usize)>,
+}
+
 /// Every tensor the graph reads, with its expected shape, in load order.
-fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<(String, Vec<usize>)> {
+pub fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<Planned> {
+    plan_with(cfg, file::has(src, &Names { layout: cfg.layout }.lm_head()))
+}
+
+/// GPU bytes and parameters of the weights of `cfg` loaded with `recipe` (`act` for the position
+/// table), computed from the shapes alone: what a checkpoint would take before it is downloaded.
+pub fn estimate(cfg: &ModelConfig, recipe: &Recipe, act: DType) -> WeightStats {
+    let mut s = WeightStats::default();
+    let n = Names { layout: cfg.layout };
+    for item in plan_with(cfg, !cfg.llm.tie_embeddings) {
+        let count = item.shape.iter().product::<usize>();
+        s.params += count as u64;
+        s.bytes += match item.matrix {
+            Some((part, rows, cols)) => match recipe.get(part) {
+                Format::Q(q) => q.layout(cols).bytes(rows),
+                f => count * f.dense().map_or(4, DType::size),
+            },
+            None if item.name == n.pos() => count * act.size(),
+            None => count * 4,
+        } as u64;
+    }
+    if cfg.llm.tie_embeddings && recipe.lm_head != recipe.embed {
+        let (v, h) = (cfg.llm.vocab, cfg.llm.hidden);
+        s.bytes += match recipe.lm_head {
+            Format::Q(q) => q.layout(h).bytes(v),
+            f => v * h * f.dense().map_or(4, DType::size),
+        } as u64;
+    }
+    s
+}
+
+fn plan_with(cfg: &ModelConfig, lm_head_present: bool) -> Vec<Planned> {
     let n = Names { layout: cfg.layout };
     let (v, a, l) = (&cfg.vision, &cfg.aligner, &cfg.llm);
     let (w, p, t) = (v.width, v.patch_size, cfg.num_image_tokens);
-    let mut out: Vec<(String, Vec<usize>)> = vec![(n.patch("weight"), vec![w, 3, p, p]), (n.patch("bias"), vec![w])];
-    out.push((n.pos(), if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] }));
+    let mut out = Vec::new();
+    let vector = |out: &mut Vec<Planned>, name: String, shape: Vec<usize>| out.push(Planned { name, shape, matrix: None });
+    let matrix = |out: &mut Vec<Planned>, name: String, part: Part, rows: usize, cols: usize| out.push(Planned { name, shape: vec![rows, cols], matrix: Some((part, rows, cols)) });
+    // The patch conv [w, 3, p, p] is a [w, 3*p*p] matrix.
+    out.push(Planned { name: n.patch("weight"), shape: vec![w, 3, p, p], matrix: Some((Part::Vision, w, 3 * p * p)) });
+    vector(&mut out, n.patch("bias"), vec![w]);
+    vector(&mut out, n.pos(), if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] });
     for i in 0..v.layers {
         for norm in ["norm1", "norm2"] {
-            out.push((n.block(i, norm, "weight"), vec![w]));
-            out.push((n.block(i, norm, "bias"), vec![w]));
+            vector(&mut out, n.block(i, norm, "weight"), vec![w]);
+            vector(&mut out, n.block(i, norm, "bias"), vec![w]);
         }
         match cfg.layout {
             Layout::Original => {
-                out.push((n.block(i, "attn.qkv", "weight"), vec![3 * w, w]));
-                out.push((n.block(i, "attn.qkv", "bias"), vec![3 * w]));
+                matrix(&mut out, n.block(i, "attn.qkv", "weight"), Part::Vision, 3 * w, w);
+                vector(&mut out, n.block(i, "attn.qkv", "bias"), vec![3 * w]);
             }
             Layout::Hf => {
                 for part in ["attn.q", "attn.k", "attn.v"] {
-                    out.push((n.block(i, part, "weight"), vec![w, w]));
-                    out.push((n.block(i, part, "bias"), vec![w]));
+                    matrix(&mut out, n.block(i, part, "weight"), Part::Vision, w, w);
+                    vector(&mut out, n.block(i, part, "bias"), vec![w]);
                 }
             }
         }
         for (part, o, inp) in [("attn.proj", w, w), ("mlp.fc1", v.mlp_dim, w), ("mlp.fc2", w, v.mlp_dim)] {
-            out.push((n.block(i, part, "weight"), vec![o, inp]));
-            out.push((n.block(i, part, "bias"), vec![o]));
+            matrix(&mut out, n.block(i, part, "weight"), Part::Vision, o, inp);
+            vector(&mut out, n.block(i, part, "bias"), vec![o]);
         }
     }
-    out.push((n.vis_norm("weight"), vec![w]));
-    out.push((n.vis_norm("bias"), vec![w]));
+    vector(&mut out, n.vis_norm("weight"), vec![w]);
+    vector(&mut out, n.vis_norm("bias"), vec![w]);
     for i in 0..a.depth {
         let inp = if i == 0 { a.input_dim } else { a.n_embed };
-        out.push((n.aligner(i, a.depth, "weight"), vec![a.n_embed, inp]));
-        out.push((n.aligner(i, a.depth, "bias"), vec![a.n_embed]));
+        matrix(&mut out, n.aligner(i, a.depth, "weight"), Part::Aligner, a.n_embed, inp);
+        vector(&mut out, n.aligner(i, a.depth, "bias"), vec![a.n_embed]);
     }
     let (h, q, kv) = (l.hidden, l.heads * l.head_dim, l.kv_heads * l.head_dim);
-    out.push((n.llm("embed_tokens.weight"), vec![l.vocab, h]));
+    matrix(&mut out, n.llm("embed_tokens.weight"), Part::Embed, l.vocab, h);
     for i in 0..l.layers {
         let ly = |s: &str| n.llm(&format!("layers.{i}.{s}.weight"));
-        out.push((ly("input_layernorm"), vec![h]));
-        out.push((ly("self_attn.q_proj"), vec![q, h]));
-        out.push((ly("self_attn.k_proj"), vec![kv, h]));
-        out.push((ly("self_attn.v_proj"), vec![kv, h]));
-        out.push((ly("self_attn.o_proj"), vec![h, q]));
-        out.push((ly("post_attention_layernorm"), vec![h]));
-        out.push((ly("mlp.gate_proj"), vec![l.intermediate, h]));
-        out.push((ly("mlp.up_proj"), vec![l.intermediate, h]));
-        out.push((ly("mlp.down_proj"), vec![h, l.intermediate]));
+        vector(&mut out, ly("input_layernorm"), vec![h]);
+        matrix(&mut out, ly("self_attn.q_proj"), Part::Llm, q, h);
+        matrix(&mut out, ly("self_attn.k_proj"), Part::Llm, kv, h);
+        matrix(&mut out, ly("self_attn.v_proj"), Part::Llm, kv, h);
+        matrix(&mut out, ly("self_attn.o_proj"), Part::Llm, h, q);
+        vector(&mut out, ly("post_attention_layernorm"), vec![h]);
+        matrix(&mut out, ly("mlp.gate_proj"), Part::Llm, l.intermediate, h);
+        matrix(&mut out, ly("mlp.up_proj"), Part::Llm, l.intermediate, h);
+        matrix(&mut out, ly("mlp.down_proj"), Part::Llm, h, l.intermediate);
     }
-    out.push((n.llm("norm.weight"), vec![h]));
+    vector(&mut out, n.llm("norm.weight"), vec![h]);
     // A tied checkpoint may omit lm_head; the embedding table serves then.
-    if !l.tie_embeddings || src.contains(&n.lm_head()) {
-        out.push((n.lm_head(), vec![l.vocab, h]));
+    if !l.tie_embeddings || lm_head_present {
+        matrix(&mut out, n.lm_head(), Part::LmHead, l.vocab, h);
     }
     out
 }
@@ -207,7 +316,7 @@ fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<(String, Vec<usize>)> {
 struct Loader<'a> {
     gpu: &'a Gpu,
     src: &'a TensorSource,
-    wdtype: DType,
+    recipe: &'a Recipe,
     act: DType,
     done: u64,
     total: u64,
@@ -219,12 +328,10 @@ fn weight_err(file: &str, tensor: &str, message: impl Into<String>) -> Error {
 }
 
 /// Host decode of a small tensor (norms, biases, positions) to f32.
-fn decode(t: &TensorInfo, bytes: &[u8]) -> Vec<f32> {
-    match t.dtype {
-        Source::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Source::F16 => bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-        Source::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-    }
+fn decode(t: &TensorInfo, bytes: &[u8], file: &str) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; t.numel()];
+    file::decode_into(t.dtype, bytes, &mut out).map_err(|e| weight_err(file, &t.name, e.to_string()))?;
+    Ok(out)
 }
 
 impl Loader<'_> {
@@ -244,24 +351,38 @@ impl Loader<'_> {
 
     /// A 1-D tensor (norm weight, bias) as f32.
     fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
-        let (t, bytes, _) = self.get(name, &[n])?;
-        let data = decode(t, bytes);
+        let (t, bytes, file) = self.get(name, &[n])?;
+        let data = decode(t, bytes, file)?;
         let len = bytes.len();
         let out = Tensor::from_f32(self.gpu, &[n], DType::F32, &data)?;
         self.tick(len);
         Ok(out)
     }
 
-    /// A weight matrix stored with `shape` (whose product is rows*cols) as [rows, cols] in the weight dtype.
-    async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<RowSplit> {
-        let (t, bytes, _) = self.get(name, shape)?;
-        let m = upload_matrix(self.gpu, rows, cols, t.dtype, bytes, self.wdtype, usize::MAX).await?;
+    /// A weight stored with `shape` (whose product is rows*cols) as [rows, cols] in `part`'s
+    /// format: converted on the GPU when dense, quantised on the CPU when not. A weight the
+    /// checkpoint holds quantised is uploaded as it is, whatever the recipe says.
+    async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize, part: Part) -> Result<Weight> {
+        if file::is_quantised(self.src, name) {
+            let p = file::read_quantised(self.src, name, rows, cols)?;
+            let w = QMatrix::upload(self.gpu, &p)?;
+            self.tick(p.bytes());
+            return Ok(Weight::Quant(w));
+        }
+        let (t, bytes, file) = self.get(name, shape)?;
+        let w = match self.recipe.get(part) {
+            Format::Q(fmt) => {
+                let p = file::quantize_bytes(fmt, t.dtype, bytes, rows, cols).map_err(|e| weight_err(file, name, e.to_string()))?;
+                Weight::Quant(QMatrix::upload(self.gpu, &p)?)
+            }
+            f => Weight::Dense(upload_matrix(self.gpu, rows, cols, t.dtype, bytes, f.dense().unwrap_or(DType::F32), usize::MAX).await?),
+        };
         self.tick(bytes.len());
-        Ok(m)
+        Ok(w)
     }
 
-    async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize) -> Result<Linear> {
-        let w = self.matrix(w, &[out, inp], out, inp).await?;
+    async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize, part: Part) -> Result<Linear> {
+        let w = self.matrix(w, &[out, inp], out, inp, part).await?;
         let b = match b {
             Some(b) => Some(self.vector(b, out)?),
             None => None,
@@ -270,56 +391,95 @@ impl Loader<'_> {
     }
 
     /// q, k, v weights [w, w] each stacked into one [3w, w] matrix (HF layout), biases likewise.
+    /// Quantised rows are independent, so quantised projections stack as codes and scales.
     async fn qkv_concat(&mut self, names: [(String, String); 3], w: usize) -> Result<Linear> {
+        let mut bias = Vec::with_capacity(3 * w);
+        for (_, bn) in &names {
+            let (tb, bb, file) = self.get(bn, &[w])?;
+            bias.extend(decode(tb, bb, file)?);
+            self.tick(bb.len());
+        }
+        let b = Some(Tensor::from_f32(self.gpu, &[3 * w], DType::F32, &bias)?);
+        let quantised = names.iter().any(|(wn, _)| file::is_quantised(self.src, wn));
+        if quantised || matches!(self.recipe.vision, Format::Q(_)) {
+            let mut parts = Vec::with_capacity(3);
+            for (wn, _) in &names {
+                parts.push(match (file::is_quantised(self.src, wn), self.recipe.vision) {
+                    (true, _) => file::read_quantised(self.src, wn, w, w)?,
+                    (false, Format::Q(fmt)) => {
+                        let (t, b, file) = self.get(wn, &[w, w])?;
+                        file::quantize_bytes(fmt, t.dtype, b, w, w).map_err(|e| weight_err(file, wn, e.to_string()))?
+                    }
+                    (false, _) => return Err(weight_err(self.src.origin(), wn, "dense while the other projections are quantised")),
+                });
+                self.tick(parts.last().map_or(0, |p| p.bytes()));
+            }
+            let p = Packed::concat(&parts).map_err(|e| weight_err(self.src.origin(), &names[0].0, e.to_string()))?;
+            return Ok(Linear { w: Weight::Quant(QMatrix::upload(self.gpu, &p)?), b });
+        }
         let mut dtype = None;
         let mut bytes = Vec::new();
-        let mut bias = Vec::with_capacity(3 * w);
-        for (wn, bn) in &names {
+        for (wn, _) in &names {
             let (t, b, file) = self.get(wn, &[w, w])?;
             if dtype.is_some_and(|d| d != t.dtype) {
                 return Err(weight_err(file, wn, format!("dtype {:?} differs from the other projections' {:?}", t.dtype, dtype)));
             }
             dtype = Some(t.dtype);
             bytes.extend_from_slice(b);
-            let (tb, bb, _) = self.get(bn, &[w])?;
-            bias.extend(decode(tb, bb));
         }
         let Some(dtype) = dtype else { return Err(Error::Invalid("qkv: no projections".into())) };
-        let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, self.wdtype, usize::MAX).await?;
-        let b = Tensor::from_f32(self.gpu, &[3 * w], DType::F32, &bias)?;
-        self.tick(bytes.len() + bias.len() * dtype.size());
-        Ok(Linear { w: m, b: Some(b) })
+        let to = self.recipe.vision.dense().unwrap_or(DType::F32);
+        let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, to, usize::MAX).await?;
+        self.tick(bytes.len());
+        Ok(Linear { w: Weight::Dense(m), b })
     }
 }
 
-/// Uploads every tensor the graph uses. `wdtype` (F32 or F16) is the matrices' dtype on the GPU,
-/// `act` (F32 or F16) the activation dtype (the position table is stored in it). `progress`
-/// receives (bytes done, bytes total) after each tensor.
+/// Uploads every tensor the graph uses with f32 or f16 (`wdtype`) matrices: `load_weights_with`
+/// for a uniform dense recipe.
 pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wdtype: DType, act: DType, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
-    for (what, d) in [("weight", wdtype), ("activation", act)] {
-        if d == DType::U32 {
-            return Err(Error::DType { op: "load", dtype: d.to_string(), detail: format!("the {what} dtype is f32 or f16") });
-        }
+    let f = match wdtype {
+        DType::F32 => Format::F32,
+        DType::F16 => Format::F16,
+        DType::U32 => return Err(Error::DType { op: "load", dtype: wdtype.to_string(), detail: "the weight dtype is f32 or f16".into() }),
+    };
+    load_weights_with(gpu, cfg, files, &Recipe::uniform(f), act, progress).await
+}
+
+/// Uploads every tensor the graph uses, each matrix in the format `recipe` gives its part
+/// (quantised ones on the CPU, row by row from the checkpoint's bytes). `act` (F32 or F16) is
+/// the activation dtype (the position table is stored in it). `progress` receives (bytes done,
+/// bytes total) after each tensor.
+pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, recipe: &Recipe, act: DType, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
+    if act == DType::U32 {
+        return Err(Error::DType { op: "load", dtype: act.to_string(), detail: "the activation dtype is f32 or f16".into() });
     }
     // Pass 1: every tensor present with its expected shape, before anything is uploaded.
     let mut total = 0u64;
-    for (name, shape) in plan(cfg, files) {
-        let (t, bytes, file) = files.need(&name)?;
-        if t.shape != shape {
-            return Err(weight_err(file, &name, format!("shape {:?}, expected {shape:?}", t.shape)));
+    for item in plan(cfg, files) {
+        if let (Some((_, rows, cols)), true) = (item.matrix, file::is_quantised(files, &item.name)) {
+            total += file::check_quantised(files, &item.name, rows, cols)?.1;
+            continue;
+        }
+        let (t, bytes, file) = files.need(&item.name)?;
+        if t.shape != item.shape {
+            return Err(weight_err(file, &item.name, format!("shape {:?}, expected {:?}", t.shape, item.shape)));
+        }
+        if t.dtype == Source::U32 {
+            return Err(weight_err(file, &item.name, "U32 data where weights are expected"));
         }
         total += bytes.len() as u64;
     }
-    let mut ld = Loader { gpu, src: files, wdtype, act, done: 0, total, progress };
+    let mut ld = Loader { gpu, src: files, recipe, act, done: 0, total, progress };
     let n = Names { layout: cfg.layout };
     let (vc, ac, lc) = (&cfg.vision, &cfg.aligner, &cfg.llm);
     let (w, p, t) = (vc.width, vc.patch_size, cfg.num_image_tokens);
 
     // Vision tower. The conv weight [w, 3, p, p] is already [w, 3*p*p] in (c, ky, kx) order.
-    let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p).await?, b: Some(ld.vector(&n.patch("bias"), w)?) };
+    let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p, Part::Vision).await?, b: Some(ld.vector(&n.patch("bias"), w)?) };
     let pos_shape = if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] };
     let (pi, pb, _) = ld.get(&n.pos(), &pos_shape)?;
-    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, pb))?; // [num_tokens, width]
+    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, pb, files.origin())?)?; // [num_tokens, width]
     ld.tick(pb.len());
     let mut blocks = Vec::with_capacity(vc.layers);
     for i in 0..vc.layers {
@@ -327,14 +487,14 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
         let norm1_w = ld.vector(&b("norm1", "weight"), w)?;
         let norm1_b = ld.vector(&b("norm1", "bias"), w)?;
         let qkv = match cfg.layout {
-            Layout::Original => ld.linear(&b("attn.qkv", "weight"), Some(&b("attn.qkv", "bias")), 3 * w, w).await?,
+            Layout::Original => ld.linear(&b("attn.qkv", "weight"), Some(&b("attn.qkv", "bias")), 3 * w, w, Part::Vision).await?,
             Layout::Hf => ld.qkv_concat(["attn.q", "attn.k", "attn.v"].map(|p| (b(p, "weight"), b(p, "bias"))), w).await?,
         };
-        let proj = ld.linear(&b("attn.proj", "weight"), Some(&b("attn.proj", "bias")), w, w).await?;
+        let proj = ld.linear(&b("attn.proj", "weight"), Some(&b("attn.proj", "bias")), w, w, Part::Vision).await?;
         let norm2_w = ld.vector(&b("norm2", "weight"), w)?;
         let norm2_b = ld.vector(&b("norm2", "bias"), w)?;
-        let fc1 = ld.linear(&b("mlp.fc1", "weight"), Some(&b("mlp.fc1", "bias")), vc.mlp_dim, w).await?;
-        let fc2 = ld.linear(&b("mlp.fc2", "weight"), Some(&b("mlp.fc2", "bias")), w, vc.mlp_dim).await?;
+        let fc1 = ld.linear(&b("mlp.fc1", "weight"), Some(&b("mlp.fc1", "bias")), vc.mlp_dim, w, Part::Vision).await?;
+        let fc2 = ld.linear(&b("mlp.fc2", "weight"), Some(&b("mlp.fc2", "bias")), w, vc.mlp_dim, Part::Vision).await?;
         blocks.push(VisionBlock { norm1_w, norm1_b, qkv, proj, norm2_w, norm2_b, fc1, fc2 });
     }
     let norm_w = ld.vector(&n.vis_norm("weight"), w)?;
@@ -344,29 +504,37 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     let mut layers = Vec::with_capacity(ac.depth);
     for i in 0..ac.depth {
         let inp = if i == 0 { ac.input_dim } else { ac.n_embed };
-        layers.push(ld.linear(&n.aligner(i, ac.depth, "weight"), Some(&n.aligner(i, ac.depth, "bias")), ac.n_embed, inp).await?);
+        layers.push(ld.linear(&n.aligner(i, ac.depth, "weight"), Some(&n.aligner(i, ac.depth, "bias")), ac.n_embed, inp, Part::Aligner).await?);
     }
     let aligner = AlignerWeights { layers };
 
     let (h, q, kv) = (lc.hidden, lc.heads * lc.head_dim, lc.kv_heads * lc.head_dim);
-    let embed = ld.matrix(&n.llm("embed_tokens.weight"), &[lc.vocab, h], lc.vocab, h).await?;
+    let embed_name = n.llm("embed_tokens.weight");
+    let embed = ld.matrix(&embed_name, &[lc.vocab, h], lc.vocab, h, Part::Embed).await?;
     let mut layers = Vec::with_capacity(lc.layers);
     for i in 0..lc.layers {
         let ly = |s: &str| n.llm(&format!("layers.{i}.{s}.weight"));
         layers.push(LlmLayer {
             input_norm: ld.vector(&ly("input_layernorm"), h)?,
-            q: ld.linear(&ly("self_attn.q_proj"), None, q, h).await?,
-            k: ld.linear(&ly("self_attn.k_proj"), None, kv, h).await?,
-            v: ld.linear(&ly("self_attn.v_proj"), None, kv, h).await?,
-            o: ld.linear(&ly("self_attn.o_proj"), None, h, q).await?,
+            q: ld.linear(&ly("self_attn.q_proj"), None, q, h, Part::Llm).await?,
+            k: ld.linear(&ly("self_attn.k_proj"), None, kv, h, Part::Llm).await?,
+            v: ld.linear(&ly("self_attn.v_proj"), None, kv, h, Part::Llm).await?,
+            o: ld.linear(&ly("self_attn.o_proj"), None, h, q, Part::Llm).await?,
             post_norm: ld.vector(&ly("post_attention_layernorm"), h)?,
-            gate: ld.linear(&ly("mlp.gate_proj"), None, lc.intermediate, h).await?,
-            up: ld.linear(&ly("mlp.up_proj"), None, lc.intermediate, h).await?,
-            down: ld.linear(&ly("mlp.down_proj"), None, h, lc.intermediate).await?,
+            gate: ld.linear(&ly("mlp.gate_proj"), None, lc.intermediate, h, Part::Llm).await?,
+            up: ld.linear(&ly("mlp.up_proj"), None, lc.intermediate, h, Part::Llm).await?,
+            down: ld.linear(&ly("mlp.down_proj"), None, h, lc.intermediate, Part::Llm).await?,
         });
     }
     let norm = ld.vector(&n.llm("norm.weight"), h)?;
-    let lm_head = if files.contains(&n.lm_head()) || !lc.tie_embeddings { ld.matrix(&n.lm_head(), &[lc.vocab, h], lc.vocab, h).await? } else { embed.clone() };
+    let lm_head = if file::has(files, &n.lm_head()) || !lc.tie_embeddings {
+        ld.matrix(&n.lm_head(), &[lc.vocab, h], lc.vocab, h, Part::LmHead).await?
+    } else if embed.format() == recipe.lm_head || file::is_quantised(files, &embed_name) {
+        embed.clone()
+    } else {
+        // Tied, in another format than the table: the table's tensor once more.
+        ld.matrix(&embed_name, &[lc.vocab, h], lc.vocab, h, Part::LmHead).await?
+    };
     let llm = LlmWeights { embed, layers, norm, lm_head };
     Ok(Weights { vision, aligner, llm })
 }

@@ -12,8 +12,10 @@
 //! f16 (d, m) pair (one u32) per group with offsets.
 
 mod cpu;
+pub mod file;
 mod gpu;
 pub mod measure;
+pub mod report;
 mod recipe;
 
 pub use cpu::{pack_codes, unpack_codes, Packed};
