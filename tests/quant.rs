@@ -132,7 +132,7 @@ fn weight_bytes_per_parameter() {
     for name in ["f16", "q8", "q4", "mixed"] {
         let recipe = Recipe::parse(name).unwrap();
         let w = pollster::block_on(dsvl_gpu::model::load_weights_with(gpu, &cfg, &src, &recipe, DType::F32, &mut |_, _| {})).unwrap();
-        assert_eq!(w.stats(), dsvl_gpu::model::weights::estimate(&cfg, &recipe, DType::F32), "tiny-orig {name}");
+        assert_eq!(w.stats(), dsvl_gpu::model::estimate(&cfg, &recipe, DType::F32), "tiny-orig {name}");
     }
     let real = serde_json::json!({
         "model_type": "multi_modality",
@@ -143,9 +143,74 @@ fn weight_bytes_per_parameter() {
     });
     let cfg = ModelConfig::from_dir_files(&serde_json::to_vec(&real).unwrap(), None, None).unwrap();
     for (name, max) in [("f16", 2.01), ("q8", 1.02), ("mixed", 0.8), ("q4", 0.65)] {
-        let s = dsvl_gpu::model::weights::estimate(&cfg, &Recipe::parse(name).unwrap(), DType::F16);
+        let s = dsvl_gpu::model::estimate(&cfg, &Recipe::parse(name).unwrap(), DType::F16);
         let bpp = s.bytes as f64 / s.params as f64;
         eprintln!("deepseek-vl-1.3b {name}: {:.3} GB for {:.3} G params, {bpp:.4} bytes/param", s.bytes as f64 / 1e9, s.params as f64 / 1e9);
         assert!(bpp <= max, "{name}: {bpp} bytes/param > {max}");
     }
+}
+
+/// Load-time quantisation uploads exactly what the CPU twin makes of the checkpoint's values,
+/// and a quantised file that
+/// lacks its format or has the wrong shapes fails with the tensor named, before any upload.
+#[test]
+fn loaded_codes_are_the_cpu_twins_and_bad_files_are_named() {
+    use dsvl_gpu::quant::{file, Packed, QFormat, Weight};
+    let gpu = common::gpu();
+    let dir = fixture("tiny-orig");
+    let cfg = config(&dir);
+    let src = TensorSource::open_dir(&dir).unwrap();
+    let recipe = Recipe::parse("q4,lm_head=q8c,embed=f16").unwrap();
+    let w = pollster::block_on(dsvl_gpu::model::load_weights_with(gpu, &cfg, &src, &recipe, DType::F32, &mut |_, _| {})).unwrap();
+    assert!(matches!(&w.llm.embed, Weight::Dense(_)));
+    for (name, weight, fmt) in [
+        ("language_model.model.layers.1.mlp.down_proj.weight", &w.llm.layers[1].down.w, QFormat::q4(32, true)),
+        ("language_model.lm_head.weight", &w.llm.lm_head, QFormat::q8(0)),
+        ("vision_model.vision_tower.patch_embed.proj.weight", &w.vision.patch.w, QFormat::q4(32, true)),
+    ] {
+        let Weight::Quant(q) = weight else { panic!("{name} is not quantised") };
+        let (t, bytes, _) = src.need(name).unwrap();
+        let want = file::quantize_bytes(fmt, t.dtype, bytes, q.rows, q.cols).unwrap();
+        let (mut codes, mut scales) = (Vec::new(), Vec::new());
+        for p in &q.parts {
+            codes.extend(pollster::block_on(gpu.read_u32(&p.codes)).unwrap());
+            let s = pollster::block_on(gpu.read_u32(&p.scales)).unwrap();
+            let halves: Vec<half::f16> = bytemuck::cast_slice(&s).to_vec();
+            scales.extend_from_slice(&halves[..p.rows * q.layout.row_scales]);
+        }
+        assert_eq!(Packed { fmt, rows: q.rows, cols: q.cols, codes, scales }, want, "{name}");
+    }
+
+    // A quantised file with one format key missing, then with a misshapen scale tensor.
+    let out = quantize_to(&dir, &Recipe::parse("q8").unwrap(), "bad");
+    let path = out.join("model.safetensors");
+    let good = std::fs::read(&path).unwrap();
+    let header = dsvl_gpu::model::safetensors::parse("model.safetensors", &good).unwrap();
+    let name = "language_model.model.layers.0.mlp.up_proj.weight";
+    type Reshape<'a> = &'a dyn Fn(&str, &[usize]) -> Option<Vec<usize>>;
+    let edit = |f: Reshape, drop_key: Option<&str>| {
+        let tensors: Vec<(String, dsvl_gpu::ops::convert::Source, Vec<usize>, Vec<u8>)> = header
+            .tensors
+            .iter()
+            .map(|t| {
+                let bytes = good[t.range.clone()].to_vec();
+                match f(&t.name, &t.shape) {
+                    Some(shape) => (t.name.clone(), t.dtype, shape, bytes),
+                    None => (t.name.clone(), t.dtype, t.shape.clone(), bytes),
+                }
+            })
+            .collect();
+        let refs: Vec<_> = tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, &s[..], &b[..])).collect();
+        let meta: Vec<(&str, &str)> = header.metadata.iter().filter(|(k, _)| Some(k.as_str()) != drop_key).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        TensorSource::from_bytes(vec![("model.safetensors".into(), dsvl_gpu::model::safetensors::serialize(&refs, &meta))]).unwrap()
+    };
+    let load_err = |src: &TensorSource| pollster::block_on(dsvl_gpu::model::load_weights_with(gpu, &cfg, src, &recipe, DType::F32, &mut |_, _| panic!("nothing may upload"))).err().unwrap().to_string();
+    let key = file::format_key(name);
+    let e = load_err(&edit(&|_, _| None, Some(&key)));
+    assert!(e.contains(&format!("{name}.qcodes`: no `{key}`")), "{e}");
+    let scales = format!("{name}{}", file::SCALES);
+    // [512, 2] scales reshaped to [256, 4]: same bytes, wrong shape.
+    let e = load_err(&edit(&|n, s| (n == scales).then(|| vec![s[0] / 2, s[1] * 2]), None));
+    assert!(e.contains(&format!("`{scales}`")) && e.contains("expected F16 [512, 2]"), "{e}");
+    std::fs::remove_dir_all(out).ok();
 }

@@ -3,6 +3,8 @@
 //! whose `__metadata__` names its format under `dsvl_quant:NAME`. Everything else keeps the
 //! checkpoint's own tensors and dtypes, so the folder loads like any checkpoint.
 
+use std::borrow::Cow;
+
 use half::{bf16, f16};
 
 use super::{Format, Packed, QFormat, Recipe};
@@ -91,17 +93,21 @@ pub fn quantize_bytes(fmt: QFormat, from: Source, bytes: &[u8], rows: usize, col
     Packed::quantize_rows(fmt, rows, cols, &fill)
 }
 
+/// A tensor to write: name, dtype, shape, bytes.
+type Entry<'a> = (String, Source, Vec<usize>, Cow<'a, [u8]>);
+
 /// A quantised checkpoint of every tensor the model uses: matrices in `recipe`'s quantised
 /// formats become codes and scales; the rest (and matrices with a dense format) keep the
 /// checkpoint's bytes. Weights already quantised are copied as they are. `progress` receives
 /// (tensors done, tensors total).
 pub fn quantize_checkpoint(cfg: &ModelConfig, src: &TensorSource, recipe: &Recipe, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<u8>> {
     let plan = crate::model::weights::plan(cfg, src);
-    let mut owned: Vec<(String, Source, Vec<usize>, Vec<u8>)> = Vec::new();
+    // Tensors kept as they are borrow the checkpoint's bytes; only codes and scales are new.
+    let mut owned: Vec<Entry> = Vec::new();
     let mut meta = vec![(RECIPE_KEY.to_string(), recipe.name())];
     let copy = |name: &str, owned: &mut Vec<_>| -> Result<()> {
         let (t, b, _) = src.need(name)?;
-        owned.push((name.to_string(), t.dtype, t.shape.clone(), b.to_vec()));
+        owned.push((name.to_string(), t.dtype, t.shape.clone(), Cow::Borrowed(b)));
         Ok(())
     };
     for (i, item) in plan.iter().enumerate() {
@@ -118,8 +124,8 @@ pub fn quantize_checkpoint(cfg: &ModelConfig, src: &TensorSource, recipe: &Recip
                     let (t, b, file) = src.need(name)?;
                     let p = quantize_bytes(fmt, t.dtype, b, rows, cols).map_err(|e| werr(file, name, e.to_string()))?;
                     let l = p.layout();
-                    owned.push((format!("{name}{CODES}"), Source::U32, vec![rows, l.row_words], bytemuck::cast_slice(&p.codes).to_vec()));
-                    owned.push((format!("{name}{SCALES}"), Source::F16, vec![rows, l.row_scales], bytemuck::cast_slice(&p.scales).to_vec()));
+                    owned.push((format!("{name}{CODES}"), Source::U32, vec![rows, l.row_words], Cow::Owned(bytemuck::cast_slice(&p.codes).to_vec())));
+                    owned.push((format!("{name}{SCALES}"), Source::F16, vec![rows, l.row_scales], Cow::Owned(bytemuck::cast_slice(&p.scales).to_vec())));
                     meta.push((format_key(name), fmt.name()));
                 }
                 Format::F32 | Format::F16 => copy(name, &mut owned)?,

@@ -15,8 +15,11 @@ pub fn candidates() -> Vec<QFormat> {
     v
 }
 
-/// Weight distributions: name and a [rows, cols] generator.
-pub fn distributions() -> Vec<(&'static str, fn(&mut Rng, usize, usize) -> Vec<f32>)> {
+/// Makes a [rows, cols] matrix.
+pub type Generator = fn(&mut Rng, usize, usize) -> Vec<f32>;
+
+/// Weight distributions: name and generator.
+pub fn distributions() -> Vec<(&'static str, Generator)> {
     vec![("gaussian", gaussian), ("student-t 3", student_t3), ("outlier columns", outlier_columns)]
 }
 
