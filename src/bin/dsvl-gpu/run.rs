@@ -13,9 +13,9 @@ use dsvl_gpu::model::llama::LogitRows;
 use dsvl_gpu::model::safetensors::TensorSource;
 use dsvl_gpu::model::vlm::Model;
 use dsvl_gpu::model::weights::load_weights_with;
-use dsvl_gpu::quant::Recipe;
 use dsvl_gpu::ops::sample::Sampling;
 use dsvl_gpu::prompt::{encode, Conversation, PromptTokenizer, DEFAULT_SYSTEM_PROMPT, STOP_STRING};
+use dsvl_gpu::quant::Recipe;
 use dsvl_gpu::text::TextStream;
 
 #[derive(clap::Args)]
@@ -50,13 +50,13 @@ pub struct RunArgs {
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
-    /// Weight formats: f32 (the parity path, f32 activations), f16, q8 (int8), q4 (int4) or mixed
-    /// (the default: int4 decoder layers, int8 elsewhere; docs/QUANT.md), then optional per-part overrides: `q4,lm_head=q8,embed=f16` (parts: vision,
-    /// aligner, llm, embed, lm_head). Activations are f16 where the adapter has SHADER_F16, except for f32.
-    /// A folder written by `dsvl-gpu quantize` loads in the formats it was written with.
+    /// Weight formats: f32 (the parity path, f32 activations), f16, q8 (int8), q4 (int4) or mixed (the
+    /// default: int4 decoder layers, int8 elsewhere; docs/QUANT.md), with optional per-part overrides
+    /// `q4,lm_head=q8,embed=f16` (vision, aligner, llm, embed, lm_head). Activations are f16 where the
+    /// adapter has SHADER_F16, except for f32. A `dsvl-gpu quantize` folder loads as it was written.
     #[arg(long, default_value = "mixed")]
     pub quant: String,
-    /// Print one JSON object at the end (text, ids, prompt tokens, timings, adapter).
+    /// Print one JSON object at the end (text, ids, prompt tokens, timings, adapter, weight formats and bytes).
     #[arg(long)]
     pub json: bool,
     /// Write the next-token logits after the prompt as a little-endian f32 .npy of shape [vocab].
