@@ -90,7 +90,9 @@ fn logits_of(dir: &Path, recipe: &Recipe, case: &Case, image_token: u32) -> (Vec
     let gpu = common::gpu();
     let cfg = config(dir);
     let src = TensorSource::open_dir(dir).unwrap();
-    let w = pollster::block_on(dsvl_gpu::model::load_weights_with(gpu, &cfg, &src, recipe, DType::F32, &mut |_, _| {})).unwrap();
+    let mut last = (0, 1);
+    let w = pollster::block_on(dsvl_gpu::model::load_weights_with(gpu, &cfg, &src, recipe, DType::F32, &mut |d, t| last = (d, t))).unwrap();
+    assert_eq!(last.0, last.1, "progress ends at its total");
     let (stats, formats) = (w.stats(), w.recipe());
     let s = cfg.vision.image_size;
     let model = dsvl_gpu::model::vlm::Model::new(gpu, cfg, w, DType::F32).unwrap();

@@ -317,15 +317,21 @@ impl Loader<'_> {
         if quantised || matches!(self.recipe.vision, Format::Q(_)) {
             let mut parts = Vec::with_capacity(3);
             for (wn, _) in &names {
-                parts.push(match (file::is_quantised(self.src, wn), self.recipe.vision) {
-                    (true, _) => file::read_quantised(self.src, wn, w, w)?,
+                // Progress counts the bytes read: packed ones, or the checkpoint's.
+                let (p, read) = match (file::is_quantised(self.src, wn), self.recipe.vision) {
+                    (true, _) => {
+                        let p = file::read_quantised(self.src, wn, w, w)?;
+                        let n = p.bytes();
+                        (p, n)
+                    }
                     (false, Format::Q(fmt)) => {
                         let (t, b, file) = self.get(wn, &[w, w])?;
-                        file::quantize_bytes(fmt, t.dtype, b, w, w).map_err(|e| weight_err(file, wn, e.to_string()))?
+                        (file::quantize_bytes(fmt, t.dtype, b, w, w).map_err(|e| weight_err(file, wn, e.to_string()))?, b.len())
                     }
                     (false, _) => return Err(weight_err(self.src.origin(), wn, "dense while the other projections are quantised")),
-                });
-                self.tick(parts.last().map_or(0, |p| p.bytes()));
+                };
+                parts.push(p);
+                self.tick(read);
             }
             let p = Packed::concat(&parts).map_err(|e| weight_err(self.src.origin(), &names[0].0, e.to_string()))?;
             return Ok(Linear { w: Weight::Quant(QMatrix::upload(self.gpu, &p)?), b });
