@@ -62,6 +62,22 @@ async fn bench_linear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, w: DT
     Ok(BenchRow { name: format!("{kind} {m}x{k}->{n} x:{act} w:{w}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, spread })
 }
 
+/// `linear` with a quantised weight: GB/s counts the packed bytes read.
+async fn bench_qlinear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, fmt: crate::quant::QFormat, reps: usize, trials: usize) -> Result<BenchRow> {
+    let mut rng = Rng::new(9);
+    let x = Tensor::from_f32(gpu, &[m, k], act, &rng.normals(m * k, 1.0))?;
+    let packed = crate::quant::Packed::quantize(fmt, n, k, &rng.vec(n * k, -0.05, 0.05))?;
+    let wt = crate::quant::QMatrix::upload(gpu, &packed)?;
+    let y = Tensor::empty(gpu, &[m, n], act)?;
+    let mut rec = Recorder::new(gpu);
+    linear(&mut rec, &Rows::all(&x), &wt, Epilogue::default(), &Rows::all(&y))?;
+    let (ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+    let flops = 2.0 * (m * k * n) as f64;
+    let bytes = (packed.bytes() + m * k * act.size() + m * n * act.size()) as f64;
+    let kind = if m <= crate::ops::matmul::GEMV_MAX_ROWS { "QGEMV" } else { "QGEMM" };
+    Ok(BenchRow { name: format!("{kind} {m}x{k}->{n} x:{act} w:{fmt}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, spread })
+}
+
 async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType, causal: bool, reps: usize, trials: usize) -> Result<BenchRow> {
     let mut rng = Rng::new(8);
     let w = heads * d;
@@ -164,6 +180,21 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         for w in [DType::F16, DType::F32] {
             rows.push(bench_linear(gpu, 1, 2048, 5632, DType::F32, w, reps * 5, trials).await?);
             rows.push(bench_linear(gpu, 1, 2048, 102400, DType::F32, w, reps, trials).await?);
+        }
+    }
+    if want("QGEMV") || want("QGEMM") {
+        use crate::quant::QFormat;
+        for fmt in [QFormat::q4(32, true), QFormat::q8(128)] {
+            if want("QGEMV") {
+                rows.push(bench_qlinear(gpu, 1, 2048, 5632, DType::F32, fmt, reps * 5, trials).await?);
+                rows.push(bench_qlinear(gpu, 1, 5632, 2048, DType::F32, fmt, reps * 5, trials).await?);
+            }
+            if want("QGEMM") {
+                rows.push(bench_qlinear(gpu, 620, 2048, 5632, *acts.last().unwrap_or(&DType::F32), fmt, reps, trials).await?);
+            }
+        }
+        if want("QGEMV") {
+            rows.push(bench_qlinear(gpu, 1, 2048, 102400, DType::F32, QFormat::q8(128), reps, trials).await?);
         }
     }
     if want("memory") {

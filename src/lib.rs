@@ -12,6 +12,7 @@ pub mod ops;
 pub mod check;
 pub mod prompt;
 mod tokenizer_check;
+pub mod quant;
 pub mod text;
 pub mod image;
 #[cfg(not(target_arch = "wasm32"))]

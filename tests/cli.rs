@@ -96,3 +96,34 @@ fn selftest_passes_on_this_adapter() {
     assert!(stdout.lines().any(|l| l.starts_with("all ") && l.contains("checks passed")), "{stdout}");
     assert!(stdout.contains("ok   model multi_turn (weights f32"), "{stdout}");
 }
+
+/// `quantize` writes a folder that `run` loads in the formats written (whatever `--quant` says),
+/// `--json` reports the weights' GPU bytes, and `quant-report` holds a recipe to its bound.
+#[test]
+fn quantize_then_run_and_report() {
+    let fx = "tests/fixtures/dsvl/tiny-orig";
+    let out_dir = std::env::temp_dir().join(format!("dsvl-cli-q4-{}", std::process::id()));
+    let out = dsvl(&["quantize", "--model", fx, "--quant", "q4", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing from the quantised folder");
+    }
+    let run = |model: &str, quant: &str| {
+        let out = dsvl(&["run", "--model", model, "--prompt", "hi", "--max-new-tokens", "2", "--json", "--quant", quant]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON object")
+    };
+    let v = run(out_dir.to_str().unwrap(), "f16");
+    assert_eq!(v["weight_formats"], "q4g32z", "{v}");
+    let (bytes, params) = (v["weight_bytes"].as_f64().unwrap(), v["weight_params"].as_f64().unwrap());
+    assert!(bytes <= 0.65 * params && bytes >= 0.5 * params, "q4: {bytes} bytes for {params} params");
+    let f16 = run(fx, "f16");
+    assert!((f16["weight_bytes"].as_f64().unwrap() / params - 2.0).abs() < 0.02, "{f16}");
+    std::fs::remove_dir_all(&out_dir).ok();
+
+    let out = dsvl(&["quant-report", "--model", fx, "--recipes", "q8", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows.len() >= 4, "one row per case: {rows:?}");
+    assert!(rows.iter().all(|r| r["ok"] == true && r["cosine"].as_f64().unwrap() >= 0.999), "{rows:?}");
+}

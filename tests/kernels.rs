@@ -41,6 +41,9 @@ kernel_tests!(
     check_patchify,
     check_kv_write,
     check_channel_affine,
+    check_qlinear,
+    check_qlinear_split,
+    check_qembed,
 );
 
 #[test]

@@ -9,6 +9,7 @@ use dsvl_gpu::model::{load_weights, Layout, ModelConfig, TensorSource};
 use dsvl_gpu::ops::convert::Source;
 use dsvl_gpu::{DType, Gpu};
 use dsvl_gpu::gpu::RowSplit;
+use dsvl_gpu::quant::Weight;
 use half::{bf16, f16};
 use serde_json::{json, Value};
 
@@ -56,6 +57,7 @@ fn encode(v: &[f32], d: Source) -> Vec<u8> {
         Source::F32 => bytemuck::cast_slice(v).to_vec(),
         Source::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
         Source::BF16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        Source::U32 => unreachable!("weights are floats"),
     }
 }
 
@@ -151,7 +153,8 @@ fn config(v: &Value) -> ModelConfig {
     ModelConfig::from_dir_files(&serde_json::to_vec(v).unwrap(), None, None).unwrap()
 }
 
-async fn read(gpu: &Gpu, s: &RowSplit) -> Vec<f32> {
+async fn read(gpu: &Gpu, w: &Weight) -> Vec<f32> {
+    let s: &RowSplit = w.as_dense().expect("a dense weight");
     let mut out = Vec::new();
     for (_, t) in &s.parts {
         out.extend(gpu.read_f32(t).await.unwrap());
@@ -184,7 +187,7 @@ fn loads_original_layout_from_each_dtype() {
         let check = |got: Vec<f32>, name: &str, n: usize| assert_eq!(got, values(name, n), "{name} from {src_dtype:?} as {wdtype}");
         pollster::block_on(async {
             assert_eq!(w.vision.blocks.len(), 2);
-            assert_eq!((w.vision.patch.w.rows, w.vision.patch.w.cols, w.vision.patch.w.dtype), (W, 3 * P * P, wdtype));
+            assert_eq!((w.vision.patch.w.rows(), w.vision.patch.w.cols(), w.vision.patch.w.as_dense().map(|d| d.dtype)), (W, 3 * P * P, Some(wdtype)));
             check(read(gpu, &w.vision.patch.w).await, &format!("{v}.patch_embed.proj.weight"), W * 3 * P * P);
             check(gpu.read_f32(w.vision.patch.b.as_ref().unwrap()).await.unwrap(), &format!("{v}.patch_embed.proj.bias"), W);
             assert_eq!(w.vision.pos_embed.shape(), &[T, W]);
@@ -230,7 +233,7 @@ fn loads_hf_layout_concatenating_qkv_and_tying_lm_head() {
                 want_b.extend(values(&format!("{v}.encoder.layers.{b}.self_attn.{p}.bias"), W));
             }
             let qkv = &w.vision.blocks[b].qkv;
-            assert_eq!((qkv.w.rows, qkv.w.cols), (3 * W, W));
+            assert_eq!((qkv.w.rows(), qkv.w.cols()), (3 * W, W));
             assert_eq!(read(gpu, &qkv.w).await, want, "block {b} qkv rows q|k|v");
             assert_eq!(gpu.read_f32(qkv.b.as_ref().unwrap()).await.unwrap(), want_b);
             assert_eq!(read(gpu, &w.vision.blocks[b].proj.w).await, values(&format!("{v}.encoder.layers.{b}.self_attn.out_proj.weight"), W * W));
@@ -493,7 +496,7 @@ fn generated_fixtures_load() {
         let mut last = (0, 1);
         let w = pollster::block_on(load_weights(gpu, &cfg, &src, DType::F32, DType::F32, &mut |d, t| last = (d, t))).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(last.0, last.1);
-        assert_eq!((w.vision.blocks.len(), w.llm.layers.len(), w.llm.lm_head.rows), (cfg.vision.layers, cfg.llm.layers, cfg.llm.vocab));
+        assert_eq!((w.vision.blocks.len(), w.llm.layers.len(), w.llm.lm_head.rows()), (cfg.vision.layers, cfg.llm.layers, cfg.llm.vocab));
         eprintln!("{name}: {:?} layout, vision {}x{} ({} tokens), llm {}x{} vocab {}, {} bytes", cfg.layout, cfg.vision.layers, cfg.vision.width, cfg.num_image_tokens, cfg.llm.layers, cfg.llm.hidden, cfg.llm.vocab, last.1);
         seen += 1;
     }

@@ -27,10 +27,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("patchify", include_str!("../../shaders/patchify.wgsl")),
     ("kv", include_str!("../../shaders/kv.wgsl")),
     ("normalise", include_str!("../../shaders/normalise.wgsl")),
+    ("qmatmul", include_str!("../../shaders/qmatmul.wgsl")),
+    ("qembed", include_str!("../../shaders/qembed.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).
-pub const INCLUDES: &[(&str, &str)] = &[("gelu", include_str!("../../shaders/gelu.wgsl"))];
+pub const INCLUDES: &[(&str, &str)] = &[("gelu", include_str!("../../shaders/gelu.wgsl")), ("qdecode", include_str!("../../shaders/qdecode.wgsl"))];
 
 pub fn source(name: &str) -> Result<&'static str> {
     SOURCES

@@ -2,6 +2,7 @@
 //! (vision tower, aligner, decoder, the whole model).
 
 pub mod config;
+pub mod footprint;
 pub mod llama;
 pub mod safetensors;
 pub mod siglip;
@@ -10,4 +11,5 @@ pub mod weights;
 
 pub use config::{AlignerConfig, Layout, LlmConfig, ModelConfig, VisionConfig};
 pub use safetensors::{TensorInfo, TensorSource};
-pub use weights::{load_weights, Weights};
+pub use footprint::{estimate, WeightStats};
+pub use weights::{load_weights, load_weights_with, Weights};

@@ -93,8 +93,9 @@ fn dtype_of(file: &str, name: &str, s: &str) -> Result<Source> {
         "F32" => Ok(Source::F32),
         "F16" => Ok(Source::F16),
         "BF16" => Ok(Source::BF16),
-        "F64" | "I64" | "I32" | "I16" | "I8" | "U64" | "U32" | "U16" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" | "F4" | "F6_E2M3" | "F6_E3M2" | "C64" => {
-            Err(terr(file, name, format!("dtype {s} is not supported (F32, F16 or BF16)")))
+        "U32" => Ok(Source::U32),
+        "F64" | "I64" | "I32" | "I16" | "I8" | "U64" | "U16" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" | "F4" | "F6_E2M3" | "F6_E3M2" | "C64" => {
+            Err(terr(file, name, format!("dtype {s} is not supported (F32, F16, BF16, or U32 for packed codes)")))
         }
         other => Err(terr(file, name, format!("unknown dtype `{}`", other.chars().take(32).collect::<String>()))),
     }
@@ -424,6 +425,11 @@ impl TensorSource {
         self.by_name.keys().map(String::as_str)
     }
 
+    /// The `__metadata__` of the file holding `name`.
+    pub fn metadata_of(&self, name: &str) -> Option<&HashMap<String, String>> {
+        self.by_name.get(name).map(|&(fi, _)| &self.files[fi].header.metadata)
+    }
+
     /// Each file's `__metadata__`.
     pub fn metadata(&self) -> impl Iterator<Item = (&str, &HashMap<String, String>)> {
         self.files.iter().map(|f| (f.header.file.as_str(), &f.header.metadata))
@@ -447,6 +453,7 @@ pub fn serialize(tensors: &[(&str, Source, &[usize], &[u8])], metadata: &[(&str,
             Source::F32 => "F32",
             Source::F16 => "F16",
             Source::BF16 => "BF16",
+            Source::U32 => "U32",
         };
         header.insert(name.to_string(), serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [off, off + bytes.len()]}));
         off += bytes.len();

@@ -63,7 +63,7 @@ pub fn record_aligner(rec: &mut Recorder, w: &AlignerWeights, tokens: &Tensor, a
             return apply(rec, l, &Rows::all(&cur), Act::None, false, out);
         }
         // GELU (erf) between layers, fused into this layer's epilogue.
-        let next = Tensor::empty(rec.gpu, &[n, l.w.rows], act)?;
+        let next = Tensor::empty(rec.gpu, &[n, l.w.rows()], act)?;
         apply(rec, l, &Rows::all(&cur), Act::GeluErf, false, &Rows::all(&next))?;
         cur = next;
     }

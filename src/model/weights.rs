@@ -12,17 +12,16 @@
 
 use std::borrow::Cow;
 
-use half::{bf16, f16};
-
 use super::config::{Layout, ModelConfig};
 use super::safetensors::{TensorInfo, TensorSource};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, RowSplit, Tensor};
 use crate::ops::convert::{stack_rows, upload_matrix, Source};
+use crate::quant::{file, Format, Packed, Part, QMatrix, Recipe, Weight};
 
 pub struct Linear {
-    /// [out, in] in the weight dtype.
-    pub w: RowSplit,
+    /// [out, in], dense or quantised.
+    pub w: Weight,
     /// [out], always f32.
     pub b: Option<Tensor>,
 }
@@ -66,12 +65,12 @@ pub struct LlmLayer {
 }
 
 pub struct LlmWeights {
-    /// [vocab, hidden] in the weight dtype.
-    pub embed: RowSplit,
+    /// [vocab, hidden], dense or quantised.
+    pub embed: Weight,
     pub layers: Vec<LlmLayer>,
     pub norm: Tensor,
-    /// [vocab, hidden]; shares `embed`'s buffers when the checkpoint ties them.
-    pub lm_head: RowSplit,
+    /// [vocab, hidden]; shares `embed`'s buffers when the checkpoint ties them (same format).
+    pub lm_head: Weight,
 }
 
 pub struct Weights {
@@ -149,60 +148,83 @@ impl Names {
     }
 }
 
+/// One tensor the graph reads: its name, its shape in the checkpoint and, for weight matrices,
+/// the part of the model it belongs to and its [rows, cols] as a matrix.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub matrix: Option<(Part, usize, usize)>,
+}
+
 /// Every tensor the graph reads, with its expected shape, in load order.
-fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<(String, Vec<usize>)> {
+pub fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<Planned> {
+    plan_with(cfg, file::has(src, &Names { layout: cfg.layout }.lm_head()))
+}
+
+/// The position table's name in `cfg`'s layout (its dtype is the activations').
+pub(crate) fn pos_name(cfg: &ModelConfig) -> String {
+    Names { layout: cfg.layout }.pos()
+}
+
+pub(crate) fn plan_with(cfg: &ModelConfig, lm_head_present: bool) -> Vec<Planned> {
     let n = Names { layout: cfg.layout };
     let (v, a, l) = (&cfg.vision, &cfg.aligner, &cfg.llm);
     let (w, p, t) = (v.width, v.patch_size, cfg.num_image_tokens);
-    let mut out: Vec<(String, Vec<usize>)> = vec![(n.patch("weight"), vec![w, 3, p, p]), (n.patch("bias"), vec![w])];
-    out.push((n.pos(), if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] }));
+    let mut out = Vec::new();
+    let vector = |out: &mut Vec<Planned>, name: String, shape: Vec<usize>| out.push(Planned { name, shape, matrix: None });
+    let matrix = |out: &mut Vec<Planned>, name: String, part: Part, rows: usize, cols: usize| out.push(Planned { name, shape: vec![rows, cols], matrix: Some((part, rows, cols)) });
+    // The patch conv [w, 3, p, p] is a [w, 3*p*p] matrix.
+    out.push(Planned { name: n.patch("weight"), shape: vec![w, 3, p, p], matrix: Some((Part::Vision, w, 3 * p * p)) });
+    vector(&mut out, n.patch("bias"), vec![w]);
+    vector(&mut out, n.pos(), if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] });
     for i in 0..v.layers {
         for norm in ["norm1", "norm2"] {
-            out.push((n.block(i, norm, "weight"), vec![w]));
-            out.push((n.block(i, norm, "bias"), vec![w]));
+            vector(&mut out, n.block(i, norm, "weight"), vec![w]);
+            vector(&mut out, n.block(i, norm, "bias"), vec![w]);
         }
         match cfg.layout {
             Layout::Original => {
-                out.push((n.block(i, "attn.qkv", "weight"), vec![3 * w, w]));
-                out.push((n.block(i, "attn.qkv", "bias"), vec![3 * w]));
+                matrix(&mut out, n.block(i, "attn.qkv", "weight"), Part::Vision, 3 * w, w);
+                vector(&mut out, n.block(i, "attn.qkv", "bias"), vec![3 * w]);
             }
             Layout::Hf => {
                 for part in ["attn.q", "attn.k", "attn.v"] {
-                    out.push((n.block(i, part, "weight"), vec![w, w]));
-                    out.push((n.block(i, part, "bias"), vec![w]));
+                    matrix(&mut out, n.block(i, part, "weight"), Part::Vision, w, w);
+                    vector(&mut out, n.block(i, part, "bias"), vec![w]);
                 }
             }
         }
         for (part, o, inp) in [("attn.proj", w, w), ("mlp.fc1", v.mlp_dim, w), ("mlp.fc2", w, v.mlp_dim)] {
-            out.push((n.block(i, part, "weight"), vec![o, inp]));
-            out.push((n.block(i, part, "bias"), vec![o]));
+            matrix(&mut out, n.block(i, part, "weight"), Part::Vision, o, inp);
+            vector(&mut out, n.block(i, part, "bias"), vec![o]);
         }
     }
-    out.push((n.vis_norm("weight"), vec![w]));
-    out.push((n.vis_norm("bias"), vec![w]));
+    vector(&mut out, n.vis_norm("weight"), vec![w]);
+    vector(&mut out, n.vis_norm("bias"), vec![w]);
     for i in 0..a.depth {
         let inp = if i == 0 { a.input_dim } else { a.n_embed };
-        out.push((n.aligner(i, a.depth, "weight"), vec![a.n_embed, inp]));
-        out.push((n.aligner(i, a.depth, "bias"), vec![a.n_embed]));
+        matrix(&mut out, n.aligner(i, a.depth, "weight"), Part::Aligner, a.n_embed, inp);
+        vector(&mut out, n.aligner(i, a.depth, "bias"), vec![a.n_embed]);
     }
     let (h, q, kv) = (l.hidden, l.heads * l.head_dim, l.kv_heads * l.head_dim);
-    out.push((n.llm("embed_tokens.weight"), vec![l.vocab, h]));
+    matrix(&mut out, n.llm("embed_tokens.weight"), Part::Embed, l.vocab, h);
     for i in 0..l.layers {
         let ly = |s: &str| n.llm(&format!("layers.{i}.{s}.weight"));
-        out.push((ly("input_layernorm"), vec![h]));
-        out.push((ly("self_attn.q_proj"), vec![q, h]));
-        out.push((ly("self_attn.k_proj"), vec![kv, h]));
-        out.push((ly("self_attn.v_proj"), vec![kv, h]));
-        out.push((ly("self_attn.o_proj"), vec![h, q]));
-        out.push((ly("post_attention_layernorm"), vec![h]));
-        out.push((ly("mlp.gate_proj"), vec![l.intermediate, h]));
-        out.push((ly("mlp.up_proj"), vec![l.intermediate, h]));
-        out.push((ly("mlp.down_proj"), vec![h, l.intermediate]));
+        vector(&mut out, ly("input_layernorm"), vec![h]);
+        matrix(&mut out, ly("self_attn.q_proj"), Part::Llm, q, h);
+        matrix(&mut out, ly("self_attn.k_proj"), Part::Llm, kv, h);
+        matrix(&mut out, ly("self_attn.v_proj"), Part::Llm, kv, h);
+        matrix(&mut out, ly("self_attn.o_proj"), Part::Llm, h, q);
+        vector(&mut out, ly("post_attention_layernorm"), vec![h]);
+        matrix(&mut out, ly("mlp.gate_proj"), Part::Llm, l.intermediate, h);
+        matrix(&mut out, ly("mlp.up_proj"), Part::Llm, l.intermediate, h);
+        matrix(&mut out, ly("mlp.down_proj"), Part::Llm, h, l.intermediate);
     }
-    out.push((n.llm("norm.weight"), vec![h]));
+    vector(&mut out, n.llm("norm.weight"), vec![h]);
     // A tied checkpoint may omit lm_head; the embedding table serves then.
-    if !l.tie_embeddings || src.contains(&n.lm_head()) {
-        out.push((n.lm_head(), vec![l.vocab, h]));
+    if !l.tie_embeddings || lm_head_present {
+        matrix(&mut out, n.lm_head(), Part::LmHead, l.vocab, h);
     }
     out
 }
@@ -210,7 +232,7 @@ fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<(String, Vec<usize>)> {
 struct Loader<'a> {
     gpu: &'a Gpu,
     src: &'a TensorSource,
-    wdtype: DType,
+    recipe: &'a Recipe,
     act: DType,
     done: u64,
     total: u64,
@@ -233,12 +255,10 @@ fn named(e: Error, file: &str, tensor: &str) -> Error {
 }
 
 /// Host decode of a small tensor (norms, biases, positions) to f32.
-fn decode(t: &TensorInfo, bytes: &[u8]) -> Vec<f32> {
-    match t.dtype {
-        Source::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Source::F16 => bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-        Source::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-    }
+fn decode(t: &TensorInfo, bytes: &[u8], file: &str) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; t.numel()];
+    file::decode_into(t.dtype, bytes, &mut out).map_err(|e| weight_err(file, &t.name, e.to_string()))?;
+    Ok(out)
 }
 
 impl<'a> Loader<'a> {
@@ -266,37 +286,56 @@ impl<'a> Loader<'a> {
     /// A 1-D tensor (norm weight, bias) as f32.
     async fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
         let (t, bytes, file) = self.get(name, &[n]).await?;
-        let data = decode(t, &bytes);
+        let data = decode(t, &bytes, file)?;
         let len = bytes.len();
         let out = Tensor::from_f32(self.gpu, &[n], DType::F32, &data).map_err(|e| named(e, file, name))?;
         self.tick(len);
         Ok(out)
     }
 
-    /// A weight matrix stored with `shape` (whose product is rows*cols) as [rows, cols] in the weight dtype.
-    async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<RowSplit> {
+    /// A weight stored with `shape` (whose product is rows*cols) as [rows, cols] in `part`'s
+    /// format: converted on the GPU when dense (fetched in row chunks where the source is
+    /// remote), quantised on the CPU when not. A weight the checkpoint holds quantised is
+    /// uploaded as it is, whatever the recipe says.
+    async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize, part: Part) -> Result<Weight> {
+        if file::is_quantised(self.src, name) {
+            let p = file::read_quantised(self.src, name, rows, cols)?;
+            let w = QMatrix::upload(self.gpu, &p)?;
+            self.tick(p.bytes());
+            return Ok(Weight::Quant(w));
+        }
+        let to = match self.recipe.get(part) {
+            Format::Q(fmt) => {
+                let (t, bytes, file) = self.get(name, shape).await?;
+                let p = file::quantize_bytes(fmt, t.dtype, &bytes, rows, cols).map_err(|e| weight_err(file, name, e.to_string()))?;
+                let w = QMatrix::upload(self.gpu, &p).map_err(|e| named(e, file, name))?;
+                self.tick(bytes.len());
+                return Ok(Weight::Quant(w));
+            }
+            f => f.dense().unwrap_or(DType::F32),
+        };
         let (t, file) = self.info(name, shape)?;
         if rows == 0 {
-            return upload_matrix(self.gpu, rows, cols, t.dtype, &[], self.wdtype, usize::MAX).await;
+            return Ok(Weight::Dense(upload_matrix(self.gpu, rows, cols, t.dtype, &[], to, usize::MAX).await?));
         }
         let row_bytes = cols * t.dtype.size();
         // In memory (a mapped file): one upload. Fetched: row chunks, each uploaded before the next is read.
         let per = self.src.max_read(name).map_or(rows, |m| (m / row_bytes.max(1)).max(1));
-        let mut out = RowSplit { rows, cols, dtype: self.wdtype, parts: Vec::new() };
+        let mut out = RowSplit { rows, cols, dtype: to, parts: Vec::new() };
         let mut r0 = 0;
         while r0 < rows {
             let n = per.min(rows - r0);
             let bytes = self.src.read(name, r0 * row_bytes..(r0 + n) * row_bytes).await?;
-            let m = upload_matrix(self.gpu, n, cols, t.dtype, &bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, file, name))?;
+            let m = upload_matrix(self.gpu, n, cols, t.dtype, &bytes, to, usize::MAX).await.map_err(|e| named(e, file, name))?;
             out.parts.extend(m.parts.into_iter().map(|(r, p)| (r0 + r, p)));
             self.tick(bytes.len());
             r0 += n;
         }
-        Ok(out)
+        Ok(Weight::Dense(out))
     }
 
-    async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize) -> Result<Linear> {
-        let w = self.matrix(w, &[out, inp], out, inp).await?;
+    async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize, part: Part) -> Result<Linear> {
+        let w = self.matrix(w, &[out, inp], out, inp, part).await?;
         let b = match b {
             Some(b) => Some(self.vector(b, out).await?),
             None => None,
@@ -304,69 +343,140 @@ impl<'a> Loader<'a> {
         Ok(Linear { w, b })
     }
 
-    /// Bias-free weights [rows_i, cols] stacked row-wise into one matrix (one matmul instead of
-    /// several): each is uploaded as any matrix (streamed in row chunks where fetched), then the
-    /// GPU copies them into the stacked parts.
-    async fn stacked(&mut self, parts: &[(&str, usize)], cols: usize) -> Result<Linear> {
-        let mut mats = Vec::with_capacity(parts.len());
-        for &(name, rows) in parts {
-            mats.push(self.matrix(name, &[rows, cols], rows, cols).await?);
+    /// Bias-free weights [rows_i, cols] of one part stacked row-wise into one matrix (one
+    /// matmul instead of several). Dense: each uploaded as any matrix (streamed in row chunks
+    /// where fetched), then copied together on the GPU. Quantised: rows are independent, so
+    /// the codes and scales are concatenated.
+    async fn stacked(&mut self, parts: &[(&str, usize)], cols: usize, part: Part) -> Result<Linear> {
+        let origin = self.src.origin();
+        let quantised = parts.iter().any(|(n, _)| file::is_quantised(self.src, n)) || matches!(self.recipe.get(part), Format::Q(_));
+        if !quantised {
+            let mut mats = Vec::with_capacity(parts.len());
+            for &(name, rows) in parts {
+                match self.matrix(name, &[rows, cols], rows, cols, part).await? {
+                    Weight::Dense(m) => mats.push(m),
+                    Weight::Quant(_) => return Err(weight_err(origin, name, "quantised while the matrices stacked with it are dense")),
+                }
+            }
+            let w = stack_rows(self.gpu, mats).await.map_err(|e| named(e, origin, parts[0].0))?;
+            return Ok(Linear { w: Weight::Dense(w), b: None });
         }
-        let w = stack_rows(self.gpu, mats).await.map_err(|e| named(e, self.src.origin(), parts[0].0))?;
-        Ok(Linear { w, b: None })
+        let mut packed = Vec::with_capacity(parts.len());
+        for &(name, rows) in parts {
+            // Progress counts the bytes read: packed ones, or the checkpoint's.
+            let (p, read) = if file::is_quantised(self.src, name) {
+                let p = file::read_quantised(self.src, name, rows, cols)?;
+                let n = p.bytes();
+                (p, n)
+            } else if let Format::Q(fmt) = self.recipe.get(part) {
+                let (t, b, file) = self.get(name, &[rows, cols]).await?;
+                (file::quantize_bytes(fmt, t.dtype, &b, rows, cols).map_err(|e| weight_err(file, name, e.to_string()))?, b.len())
+            } else {
+                return Err(weight_err(origin, name, "dense while the matrices stacked with it are quantised"));
+            };
+            packed.push(p);
+            self.tick(read);
+        }
+        let p = Packed::concat(&packed).map_err(|e| weight_err(origin, parts[0].0, e.to_string()))?;
+        Ok(Linear { w: Weight::Quant(QMatrix::upload(self.gpu, &p).map_err(|e| named(e, origin, parts[0].0))?), b: None })
     }
 
     /// q, k, v weights [w, w] each stacked into one [3w, w] matrix (HF layout), biases likewise.
+    /// Quantised rows are independent, so quantised projections stack as codes and scales.
     async fn qkv_concat(&mut self, names: [(String, String); 3], w: usize) -> Result<Linear> {
+        let mut bias = Vec::with_capacity(3 * w);
+        for (_, bn) in &names {
+            let (tb, bb, file) = self.get(bn, &[w]).await?;
+            bias.extend(decode(tb, &bb, file)?);
+            self.tick(bb.len());
+        }
+        let b = Some(Tensor::from_f32(self.gpu, &[3 * w], DType::F32, &bias)?);
+        let quantised = names.iter().any(|(wn, _)| file::is_quantised(self.src, wn));
+        if quantised || matches!(self.recipe.vision, Format::Q(_)) {
+            let mut parts = Vec::with_capacity(3);
+            for (wn, _) in &names {
+                // Progress counts the bytes read: packed ones, or the checkpoint's.
+                let (p, read) = match (file::is_quantised(self.src, wn), self.recipe.vision) {
+                    (true, _) => {
+                        let p = file::read_quantised(self.src, wn, w, w)?;
+                        let n = p.bytes();
+                        (p, n)
+                    }
+                    (false, Format::Q(fmt)) => {
+                        let (t, b, file) = self.get(wn, &[w, w]).await?;
+                        (file::quantize_bytes(fmt, t.dtype, &b, w, w).map_err(|e| weight_err(file, wn, e.to_string()))?, b.len())
+                    }
+                    (false, _) => return Err(weight_err(self.src.origin(), wn, "dense while the other projections are quantised")),
+                };
+                parts.push(p);
+                self.tick(read);
+            }
+            let p = Packed::concat(&parts).map_err(|e| weight_err(self.src.origin(), &names[0].0, e.to_string()))?;
+            return Ok(Linear { w: Weight::Quant(QMatrix::upload(self.gpu, &p)?), b });
+        }
         let mut dtype = None;
         let mut bytes = Vec::new();
-        let mut bias = Vec::with_capacity(3 * w);
-        for (wn, bn) in &names {
+        for (wn, _) in &names {
             let (t, b, file) = self.get(wn, &[w, w]).await?;
             if dtype.is_some_and(|d| d != t.dtype) {
                 return Err(weight_err(file, wn, format!("dtype {:?} differs from the other projections' {:?}", t.dtype, dtype)));
             }
             dtype = Some(t.dtype);
             bytes.extend_from_slice(&b);
-            let (tb, bb, _) = self.get(bn, &[w]).await?;
-            bias.extend(decode(tb, &bb));
         }
         let Some(dtype) = dtype else { return Err(Error::Invalid("qkv: no projections".into())) };
-        let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, self.wdtype, usize::MAX).await.map_err(|e| named(e, self.src.origin(), &names[0].0))?;
-        let b = Tensor::from_f32(self.gpu, &[3 * w], DType::F32, &bias)?;
-        self.tick(bytes.len() + bias.len() * dtype.size());
-        Ok(Linear { w: m, b: Some(b) })
+        let to = self.recipe.vision.dense().unwrap_or(DType::F32);
+        let m = upload_matrix(self.gpu, 3 * w, w, dtype, &bytes, to, usize::MAX).await.map_err(|e| named(e, self.src.origin(), &names[0].0))?;
+        self.tick(bytes.len());
+        Ok(Linear { w: Weight::Dense(m), b })
     }
 }
 
-/// Uploads every tensor the graph uses. `wdtype` (F32 or F16) is the matrices' dtype on the GPU,
-/// `act` (F32 or F16) the activation dtype (the position table is stored in it). `progress`
-/// receives (bytes done, bytes total) after each tensor.
+/// Uploads every tensor the graph uses with f32 or f16 (`wdtype`) matrices: `load_weights_with`
+/// for a uniform dense recipe.
 pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wdtype: DType, act: DType, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
-    for (what, d) in [("weight", wdtype), ("activation", act)] {
-        if d == DType::U32 {
-            return Err(Error::DType { op: "load", dtype: d.to_string(), detail: format!("the {what} dtype is f32 or f16") });
-        }
+    let f = match wdtype {
+        DType::F32 => Format::F32,
+        DType::F16 => Format::F16,
+        DType::U32 => return Err(Error::DType { op: "load", dtype: wdtype.to_string(), detail: "the weight dtype is f32 or f16".into() }),
+    };
+    load_weights_with(gpu, cfg, files, &Recipe::uniform(f), act, progress).await
+}
+
+/// Uploads every tensor the graph uses, each matrix in the format `recipe` gives its part
+/// (quantised ones on the CPU, row by row from the checkpoint's bytes). `act` (F32 or F16) is
+/// the activation dtype (the position table is stored in it). `progress` receives (bytes done,
+/// bytes total) after each tensor.
+pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, recipe: &Recipe, act: DType, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
+    if act == DType::U32 {
+        return Err(Error::DType { op: "load", dtype: act.to_string(), detail: "the activation dtype is f32 or f16".into() });
     }
     // Pass 1: every tensor present with its expected shape, before anything is uploaded.
     let mut total = 0u64;
-    for (name, shape) in plan(cfg, files) {
-        let (t, file) = files.need_info(&name)?;
-        if t.shape != shape {
-            return Err(weight_err(file, &name, format!("shape {:?}, expected {shape:?}", t.shape)));
+    for item in plan(cfg, files) {
+        if let (Some((_, rows, cols)), true) = (item.matrix, file::is_quantised(files, &item.name)) {
+            total += file::check_quantised(files, &item.name, rows, cols)?.1;
+            continue;
+        }
+        let (t, file) = files.need_info(&item.name)?;
+        if t.shape != item.shape {
+            return Err(weight_err(file, &item.name, format!("shape {:?}, expected {:?}", t.shape, item.shape)));
+        }
+        if t.dtype == Source::U32 {
+            return Err(weight_err(file, &item.name, "U32 data where weights are expected"));
         }
         total += t.range.len() as u64;
     }
-    let mut ld = Loader { gpu, src: files, wdtype, act, done: 0, total, progress };
+    let mut ld = Loader { gpu, src: files, recipe, act, done: 0, total, progress };
     let n = Names { layout: cfg.layout };
     let (vc, ac, lc) = (&cfg.vision, &cfg.aligner, &cfg.llm);
     let (w, p, t) = (vc.width, vc.patch_size, cfg.num_image_tokens);
 
     // Vision tower. The conv weight [w, 3, p, p] is already [w, 3*p*p] in (c, ky, kx) order.
-    let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p).await?, b: Some(ld.vector(&n.patch("bias"), w).await?) };
+    let patch = Linear { w: ld.matrix(&n.patch("weight"), &[w, 3, p, p], w, 3 * p * p, Part::Vision).await?, b: Some(ld.vector(&n.patch("bias"), w).await?) };
     let pos_shape = if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] };
     let (pi, pb, pf) = ld.get(&n.pos(), &pos_shape).await?;
-    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, &pb)).map_err(|e| named(e, pf, &n.pos()))?; // [num_tokens, width]
+    let pos_embed = Tensor::from_f32(gpu, &[t, w], ld.act, &decode(pi, &pb, pf)?).map_err(|e| named(e, pf, &n.pos()))?; // [num_tokens, width]
     ld.tick(pb.len());
     let mut blocks = Vec::with_capacity(vc.layers);
     for i in 0..vc.layers {
@@ -374,14 +484,14 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
         let norm1_w = ld.vector(&b("norm1", "weight"), w).await?;
         let norm1_b = ld.vector(&b("norm1", "bias"), w).await?;
         let qkv = match cfg.layout {
-            Layout::Original => ld.linear(&b("attn.qkv", "weight"), Some(&b("attn.qkv", "bias")), 3 * w, w).await?,
+            Layout::Original => ld.linear(&b("attn.qkv", "weight"), Some(&b("attn.qkv", "bias")), 3 * w, w, Part::Vision).await?,
             Layout::Hf => ld.qkv_concat(["attn.q", "attn.k", "attn.v"].map(|p| (b(p, "weight"), b(p, "bias"))), w).await?,
         };
-        let proj = ld.linear(&b("attn.proj", "weight"), Some(&b("attn.proj", "bias")), w, w).await?;
+        let proj = ld.linear(&b("attn.proj", "weight"), Some(&b("attn.proj", "bias")), w, w, Part::Vision).await?;
         let norm2_w = ld.vector(&b("norm2", "weight"), w).await?;
         let norm2_b = ld.vector(&b("norm2", "bias"), w).await?;
-        let fc1 = ld.linear(&b("mlp.fc1", "weight"), Some(&b("mlp.fc1", "bias")), vc.mlp_dim, w).await?;
-        let fc2 = ld.linear(&b("mlp.fc2", "weight"), Some(&b("mlp.fc2", "bias")), w, vc.mlp_dim).await?;
+        let fc1 = ld.linear(&b("mlp.fc1", "weight"), Some(&b("mlp.fc1", "bias")), vc.mlp_dim, w, Part::Vision).await?;
+        let fc2 = ld.linear(&b("mlp.fc2", "weight"), Some(&b("mlp.fc2", "bias")), w, vc.mlp_dim, Part::Vision).await?;
         blocks.push(VisionBlock { norm1_w, norm1_b, qkv, proj, norm2_w, norm2_b, fc1, fc2 });
     }
     let norm_w = ld.vector(&n.vis_norm("weight"), w).await?;
@@ -391,26 +501,34 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     let mut layers = Vec::with_capacity(ac.depth);
     for i in 0..ac.depth {
         let inp = if i == 0 { ac.input_dim } else { ac.n_embed };
-        layers.push(ld.linear(&n.aligner(i, ac.depth, "weight"), Some(&n.aligner(i, ac.depth, "bias")), ac.n_embed, inp).await?);
+        layers.push(ld.linear(&n.aligner(i, ac.depth, "weight"), Some(&n.aligner(i, ac.depth, "bias")), ac.n_embed, inp, Part::Aligner).await?);
     }
     let aligner = AlignerWeights { layers };
 
     let (h, q, kv) = (lc.hidden, lc.heads * lc.head_dim, lc.kv_heads * lc.head_dim);
-    let embed = ld.matrix(&n.llm("embed_tokens.weight"), &[lc.vocab, h], lc.vocab, h).await?;
+    let embed_name = n.llm("embed_tokens.weight");
+    let embed = ld.matrix(&embed_name, &[lc.vocab, h], lc.vocab, h, Part::Embed).await?;
     let mut layers = Vec::with_capacity(lc.layers);
     for i in 0..lc.layers {
         let ly = |s: &str| n.llm(&format!("layers.{i}.{s}.weight"));
         layers.push(LlmLayer {
             input_norm: ld.vector(&ly("input_layernorm"), h).await?,
-            qkv: ld.stacked(&[(&ly("self_attn.q_proj"), q), (&ly("self_attn.k_proj"), kv), (&ly("self_attn.v_proj"), kv)], h).await?,
-            o: ld.linear(&ly("self_attn.o_proj"), None, h, q).await?,
+            qkv: ld.stacked(&[(&ly("self_attn.q_proj"), q), (&ly("self_attn.k_proj"), kv), (&ly("self_attn.v_proj"), kv)], h, Part::Llm).await?,
+            o: ld.linear(&ly("self_attn.o_proj"), None, h, q, Part::Llm).await?,
             post_norm: ld.vector(&ly("post_attention_layernorm"), h).await?,
-            gate_up: ld.stacked(&[(&ly("mlp.gate_proj"), lc.intermediate), (&ly("mlp.up_proj"), lc.intermediate)], h).await?,
-            down: ld.linear(&ly("mlp.down_proj"), None, h, lc.intermediate).await?,
+            gate_up: ld.stacked(&[(&ly("mlp.gate_proj"), lc.intermediate), (&ly("mlp.up_proj"), lc.intermediate)], h, Part::Llm).await?,
+            down: ld.linear(&ly("mlp.down_proj"), None, h, lc.intermediate, Part::Llm).await?,
         });
     }
     let norm = ld.vector(&n.llm("norm.weight"), h).await?;
-    let lm_head = if files.contains(&n.lm_head()) || !lc.tie_embeddings { ld.matrix(&n.lm_head(), &[lc.vocab, h], lc.vocab, h).await? } else { embed.clone() };
+    let lm_head = if file::has(files, &n.lm_head()) || !lc.tie_embeddings {
+        ld.matrix(&n.lm_head(), &[lc.vocab, h], lc.vocab, h, Part::LmHead).await?
+    } else if embed.format() == recipe.lm_head || file::is_quantised(files, &embed_name) {
+        embed.clone()
+    } else {
+        // Tied, in another format than the table: the table's tensor once more.
+        ld.matrix(&embed_name, &[lc.vocab, h], lc.vocab, h, Part::LmHead).await?
+    };
     let llm = LlmWeights { embed, layers, norm, lm_head };
     Ok(Weights { vision, aligner, llm })
 }

@@ -21,12 +21,14 @@ pub enum Source {
     F32,
     F16,
     BF16,
+    /// Packed quantised codes (`quant`): never converted, uploaded as they are.
+    U32,
 }
 
 impl Source {
     pub fn size(self) -> usize {
         match self {
-            Source::F32 => 4,
+            Source::F32 | Source::U32 => 4,
             Source::F16 | Source::BF16 => 2,
         }
     }
@@ -39,6 +41,7 @@ fn kernel(from: Source, to: DType) -> Result<Option<Kernel>> {
         (Source::F16, DType::F32) => ENTRIES[1],
         (Source::BF16, DType::F16) => ENTRIES[2],
         (Source::F32, DType::F16) => ENTRIES[3],
+        (Source::U32, _) => return Err(Error::DType { op: "convert", dtype: "u32".into(), detail: "packed codes are not floating-point weights".into() }),
         (_, DType::U32) => return Err(Error::DType { op: "convert", dtype: "u32".into(), detail: "weights convert to f32 or f16".into() }),
     };
     Ok(Some(Kernel { shader: "convert", entry, binds: BINDS }))
@@ -192,7 +195,7 @@ async fn check_convert(gpu: &Gpu) -> CheckResult {
                     let h: Vec<f16> = vals.iter().map(|&v| f16::from_f32(v.clamp(-65504.0, 65504.0))).collect();
                     (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|v| v.to_f32()).collect())
                 }
-                Source::F32 => (bytemuck::cast_slice(&vals).to_vec(), vals.clone()),
+                Source::F32 | Source::U32 => (bytemuck::cast_slice(&vals).to_vec(), vals.clone()),
             };
             for to in [DType::F32, DType::F16] {
                 let split = upload_matrix(gpu, rows, cols, from, &bytes, to, part).await?;

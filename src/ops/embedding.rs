@@ -17,6 +17,7 @@ use crate::check::{self, compare, poisoned, CheckResult, Rng, Tol};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, RowSplit, Tensor};
 use crate::params_struct;
+use crate::quant::WeightRef;
 
 params_struct!(EmbedParams("EmbedParams") {
     n_tok: u32, hidden: u32, row0: u32, part_rows: u32, vocab: u32, n_img: u32, _pad0: u32, _pad1: u32,
@@ -66,19 +67,34 @@ pub fn image_positions(ids: &[u32], image_token: u32) -> Vec<u32> {
     ids.iter().enumerate().filter(|&(_, &t)| t == image_token).map(|(i, _)| i as u32).collect()
 }
 
-/// out[t] = table[ids[t]] (zeros for ids >= vocab).
-pub fn gather(rec: &mut Recorder, ids: &Tensor, table: &RowSplit, out: &Tensor) -> Result<()> {
+/// out[t] = table[ids[t]] (zeros for ids >= vocab). The table is dense (`RowSplit`), quantised
+/// (`QMatrix`, rows dequantised by `ops::qmatmul`) or a `Weight` holding either.
+pub fn gather<'w>(rec: &mut Recorder, ids: &Tensor, table: impl Into<WeightRef<'w>>, out: &Tensor) -> Result<()> {
     let op = "embedding";
+    let table = table.into();
+    let (cols, empty) = match table {
+        WeightRef::Dense(d) => (d.cols, d.parts.is_empty()),
+        WeightRef::Quant(q) => (q.cols, q.parts.is_empty()),
+    };
     let n_tok = ids.len();
     if ids.dtype() != DType::U32 || ids.shape().len() != 1 {
         return Err(shape_err(op, format!("ids must be U32 [T], got {:?} {}", ids.shape(), ids.dtype())));
     }
-    if out.shape() != [n_tok, table.cols] {
-        return Err(shape_err(op, format!("out {:?} for {n_tok} ids of width {}", out.shape(), table.cols)));
+    if out.shape() != [n_tok, cols] {
+        return Err(shape_err(op, format!("out {:?} for {n_tok} ids of width {cols}", out.shape())));
     }
-    if n_tok == 0 || table.cols == 0 || table.parts.is_empty() {
+    if n_tok == 0 || cols == 0 || empty {
         return Err(shape_err(op, "empty ids or table".into()));
     }
+    match table {
+        WeightRef::Dense(d) => gather_dense(rec, ids, d, out),
+        WeightRef::Quant(q) => super::qmatmul::qgather(rec, ids, q, out),
+    }
+}
+
+fn gather_dense(rec: &mut Recorder, ids: &Tensor, table: &RowSplit, out: &Tensor) -> Result<()> {
+    let op = "embedding";
+    let n_tok = ids.len();
     let n = u32_of(op, n_tok * table.cols)?;
     let key = gather_key(out.dtype(), table.dtype)?;
     let groups = grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim);
@@ -119,7 +135,7 @@ pub fn splice(rec: &mut Recorder, image_rows: &Tensor, positions: &Tensor, out: 
 }
 
 /// Gather, then splice when image rows are given: the model's `inputs_embeds`.
-pub fn embed(rec: &mut Recorder, ids: &Tensor, table: &RowSplit, image: Option<(&Tensor, &Tensor)>, out: &Tensor) -> Result<()> {
+pub fn embed<'w>(rec: &mut Recorder, ids: &Tensor, table: impl Into<WeightRef<'w>>, image: Option<(&Tensor, &Tensor)>, out: &Tensor) -> Result<()> {
     gather(rec, ids, table, out)?;
     if let Some((rows, positions)) = image {
         splice(rec, rows, positions, out)?;

@@ -9,6 +9,7 @@ use crate::check::{self, compare_mag, poisoned, CheckResult, Rng, Tol};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, RowSplit, Tensor};
 use crate::params_struct;
+use crate::quant::WeightRef;
 
 params_struct!(MatmulParams("MatmulParams") {
     m: u32, n: u32, k: u32, x_off: u32, x_stride: u32, y_off: u32, y_stride: u32,
@@ -96,9 +97,10 @@ fn gemv_tuning() -> (u32, u32) {
     (env("DSVL_GEMV_CPG", &[1, 2, 4], 4), env("DSVL_GEMV_UNROLL", &[1, 2, 4], 1))
 }
 
-/// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K], y: [M, N] view.
-pub fn linear(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows) -> Result<()> {
-    linear_impl(rec, x, w, ep, y, None)
+/// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K] dense (`RowSplit`) or quantised
+/// (`QMatrix`, see `ops::qmatmul`), or a `Weight` holding either; y: [M, N] view.
+pub fn linear<'w>(rec: &mut Recorder, x: &Rows, w: impl Into<WeightRef<'w>>, ep: Epilogue, y: &Rows) -> Result<()> {
+    linear_impl(rec, x, w.into(), ep, y, None)
 }
 
 /// Whether `rms_linear` fuses the norm: the GEMV with 16-byte loads takes these rows.
@@ -106,24 +108,29 @@ fn norm_fuses(x: &Rows, g: &Tensor) -> bool {
     x.rows <= GEMV_MAX_ROWS && x.cols.is_multiple_of(8) && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) && g.dtype() == DType::F32 && g.len() == x.cols
 }
 
-/// y = linear(rmsnorm(x) * g): for decode rows the GEMV normalises x itself (no dispatch of its
-/// own); otherwise the norm goes through `h` (a [M, K] scratch view) first.
+/// y = linear(rmsnorm(x) * g): for decode rows with a dense weight the GEMV normalises x itself
+/// (no dispatch of its own); otherwise the norm goes through `h` (a [M, K] scratch view) first.
 #[allow(clippy::too_many_arguments)]
-pub fn rms_linear(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: &RowSplit, ep: Epilogue, y: &Rows, h: &Rows) -> Result<()> {
-    if norm_fuses(x, g) {
+pub fn rms_linear<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: impl Into<WeightRef<'w>>, ep: Epilogue, y: &Rows, h: &Rows) -> Result<()> {
+    let w = w.into();
+    if matches!(w, WeightRef::Dense(_)) && norm_fuses(x, g) {
         return linear_impl(rec, x, w, ep, y, Some((g, eps)));
     }
     super::norm::rmsnorm(rec, x, g, eps, h)?;
-    linear(rec, h, w, ep, y)
+    linear_impl(rec, h, w, ep, y, None)
 }
 
-fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
+fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
     let op = "linear";
     x.check(op)?;
     y.check(op)?;
-    let (m, k, n) = (x.rows, x.cols, w.rows);
-    if w.cols != k {
-        return Err(shape_err(op, format!("x has {k} columns, weight is [{}, {}]", w.rows, w.cols)));
+    let (rows, cols) = match w {
+        WeightRef::Dense(d) => (d.rows, d.cols),
+        WeightRef::Quant(q) => (q.rows, q.cols),
+    };
+    let (m, k, n) = (x.rows, x.cols, rows);
+    if cols != k {
+        return Err(shape_err(op, format!("x has {k} columns, weight is [{rows}, {cols}]")));
     }
     if y.rows != m || y.cols != n {
         return Err(shape_err(op, format!("output {}x{}, expected {m}x{n}", y.rows, y.cols)));
@@ -134,12 +141,7 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Row
     if y.t.dtype() != x.t.dtype() {
         return Err(Error::DType { op, dtype: y.t.dtype().name().into(), detail: format!("output must match x ({})", x.t.dtype()) });
     }
-    let mut flags = act_flags(op, x.t.dtype())?.to_vec();
-    match w.dtype {
-        DType::F32 => {}
-        DType::F16 => flags.push("W_F16"),
-        DType::U32 => return Err(Error::DType { op, dtype: "u32".into(), detail: "weights are f32 or f16".into() }),
-    }
+    act_flags(op, x.t.dtype())?;
     let dummy;
     let bias = match ep.bias {
         Some(b) => {
@@ -153,6 +155,33 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Row
             &dummy
         }
     };
+    match w {
+        WeightRef::Dense(w) => dense(rec, x, w, ep, bias, y, norm),
+        WeightRef::Quant(_) if norm.is_some() => Err(shape_err(op, "a fused norm needs a dense weight".into())),
+        WeightRef::Quant(q) => super::qmatmul::qlinear(rec, x, q, ep, bias, y),
+    }
+}
+
+/// The epilogue as the kernels' (flags, act) parameters.
+pub(crate) fn epilogue_params(ep: &Epilogue) -> (u32, u32) {
+    let act = match ep.act {
+        Act::None => 0,
+        Act::GeluErf => 1,
+        Act::GeluTanh => 2,
+    };
+    (ep.bias.is_some() as u32 | (ep.residual as u32) << 1, act)
+}
+
+/// `linear` with a dense weight, after the checks.
+fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
+    let op = "linear";
+    let (m, k) = (x.rows, x.cols);
+    let mut flags = act_flags(op, x.t.dtype())?.to_vec();
+    match w.dtype {
+        DType::F32 => {}
+        DType::F16 => flags.push("W_F16"),
+        DType::U32 => return Err(Error::DType { op, dtype: "u32".into(), detail: "weights are f32 or f16".into() }),
+    }
     let gemv = m <= GEMV_MAX_ROWS;
     // 16-byte loads need K and every row start of x to be multiples of 8 elements.
     if gemv && k % 8 == 0 && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) {
@@ -179,11 +208,7 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Row
     } else {
         PipelineKey::new(GEMM, &flags, &[])
     };
-    let act = match ep.act {
-        Act::None => 0,
-        Act::GeluErf => 1,
-        Act::GeluTanh => 2,
-    };
+    let (ep_flags, act) = epilogue_params(&ep);
     for (row0, part) in &w.parts {
         let pn = part.shape()[0];
         u32_of(op, pn * k)?;
@@ -197,7 +222,7 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Row
             y_stride: y.stride as u32,
             n_off: *row0 as u32,
             bias_off: *row0 as u32,
-            flags: ep.bias.is_some() as u32 | (ep.residual as u32) << 1,
+            flags: ep_flags,
             act,
             eps: norm.map_or(0.0, |(_, e)| e),
         };
@@ -220,7 +245,7 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, y: &Row
 // ---- checks ----
 
 /// Reference y (and per-element magnitude sum |x w|) in f64.
-fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, act: Act, prev: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, act: Act, prev: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
     let mut y = vec![0.0; m * n];
     let mut mag = vec![0.0; m * n];
     for i in 0..m {

@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod norm;
 pub mod patchify;
 pub mod normalise;
+pub mod qmatmul;
 pub mod rope;
 pub mod sample;
 
@@ -35,6 +36,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     patchify::CHECKS,
     kv::CHECKS,
     normalise::CHECKS,
+    qmatmul::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -132,6 +134,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(patchify::variants());
     v.extend(kv::variants());
     v.extend(normalise::variants());
+    v.extend(qmatmul::variants());
     v
 }
 
@@ -162,5 +165,7 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<patchify::PatchParams>("patchify"),
         layout_of::<kv::KvParams>("kv"),
         layout_of::<normalise::NormaliseParams>("normalise"),
+        layout_of::<qmatmul::QMatmulParams>("qmatmul"),
+        layout_of::<qmatmul::QEmbedParams>("qembed"),
     ]
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod quant;
 mod run;
 mod selftest;
 
@@ -31,6 +32,10 @@ enum Cmd {
     Run(run::RunArgs),
     /// Interactive multi-turn chat on stdin; `/image PATH` attaches an image to the next message.
     Chat(run::RunArgs),
+    /// Quantise a model folder ahead of time into a folder that loads directly (int8/int4, docs/QUANT.md).
+    Quantize(quant::QuantizeArgs),
+    /// Next-token logits of each quantisation recipe against the f32 path, and the weights' GPU bytes.
+    QuantReport(quant::ReportArgs),
     /// List adapters and print the chosen one's backend, features and limits.
     Info,
     /// Check this GPU: every kernel check, then a built-in small model against HF's logits.
@@ -79,6 +84,8 @@ fn run() -> Result<()> {
         Cmd::Chat(args) => chat::chat(&open, args)?,
         Cmd::Bench(args) => bench::bench(&open()?, args)?,
         Cmd::Selftest => selftest::selftest(&open()?)?,
+        Cmd::Quantize(args) => quant::quantize(args)?,
+        Cmd::QuantReport(args) => quant::report(&open()?, args)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());
             println!("adapters:");

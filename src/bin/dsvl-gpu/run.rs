@@ -6,15 +6,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use dsvl_gpu::generate::{GenerateOptions, Session};
-use dsvl_gpu::gpu::{DType, Gpu};
+use dsvl_gpu::gpu::Gpu;
 use dsvl_gpu::image::{decode_rgb, preprocess, read_image_file, DecodeLimits, ImageConfig};
 use dsvl_gpu::model::config::ModelConfig;
 use dsvl_gpu::model::llama::LogitRows;
 use dsvl_gpu::model::safetensors::TensorSource;
 use dsvl_gpu::model::vlm::Model;
-use dsvl_gpu::model::weights::load_weights;
+use dsvl_gpu::model::weights::load_weights_with;
 use dsvl_gpu::ops::sample::Sampling;
 use dsvl_gpu::prompt::{encode, Conversation, PromptTokenizer, DEFAULT_SYSTEM_PROMPT, STOP_STRING};
+use dsvl_gpu::quant::Recipe;
 use dsvl_gpu::text::TextStream;
 
 #[derive(clap::Args)]
@@ -49,10 +50,13 @@ pub struct RunArgs {
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
-    /// Weights and activations: f32 (the parity path) or f16 (f16 weights; f16 activations where the adapter has SHADER_F16).
-    #[arg(long, default_value = "f16")]
+    /// Weight formats: f32 (the parity path, f32 activations), f16, q8 (int8), q4 (int4) or mixed (the
+    /// default: int4 decoder layers, int8 elsewhere; docs/QUANT.md), with optional per-part overrides
+    /// `q4,lm_head=q8,embed=f16` (vision, aligner, llm, embed, lm_head). Activations are f16 where the
+    /// adapter has SHADER_F16, except for f32. A `dsvl-gpu quantize` folder loads as it was written.
+    #[arg(long, default_value = "mixed")]
     pub quant: String,
-    /// Print one JSON object at the end (text, ids, prompt tokens, timings, adapter).
+    /// Print one JSON object at the end (text, ids, prompt tokens, timings, adapter, weight formats and bytes).
     #[arg(long)]
     pub json: bool,
     /// Write the next-token logits after the prompt as a little-endian f32 .npy of shape [vocab].
@@ -112,20 +116,17 @@ pub struct Loaded {
     pub tok: PromptTokenizer,
 }
 
-/// Loads a model folder with `quant` (f32 | f16), showing progress on stderr unless `quiet`.
+/// Loads a model folder with the `quant` recipe, showing progress on stderr unless `quiet`.
 pub fn load_model(gpu: &Gpu, model_arg: &str, quant: &str, quiet: bool) -> Result<Loaded> {
+    let recipe = Recipe::parse(quant).map_err(|e| anyhow::anyhow!("--quant {quant}: {e}"))?;
     let dir = resolve_model(model_arg, quiet)?;
-    let (wdtype, act) = match quant {
-        "f32" => (DType::F32, DType::F32),
-        "f16" => (DType::F16, if gpu.caps.f16 { DType::F16 } else { DType::F32 }),
-        q => bail!("--quant {q}: supported are f32 and f16"),
-    };
+    let act = recipe.act(gpu.caps.f16);
     let config = std::fs::read(dir.join("config.json")).with_context(|| format!("reading {}", dir.join("config.json").display()))?;
     let cfg = ModelConfig::from_dir_files(&config, read_opt(&dir, "preprocessor_config.json")?.as_deref(), read_opt(&dir, "processor_config.json")?.as_deref())?;
     let tok = PromptTokenizer::from_dir(&dir)?;
     let source = TensorSource::open_dir(&dir)?;
     let mut last = 0u64;
-    let weights = pollster::block_on(load_weights(gpu, &cfg, &source, wdtype, act, &mut |done, total| {
+    let weights = pollster::block_on(load_weights_with(gpu, &cfg, &source, &recipe, act, &mut |done, total| {
         if !quiet && (done == total || done - last > total / 50) {
             last = done;
             eprint!("\rloading weights: {:>5.1}% of {:.1} MB", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6);
@@ -216,6 +217,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
     text.push_str(&tail.text);
     let t = session.timings();
     if a.json {
+        let stats = model.weights.stats();
         let v = serde_json::json!({
             "text": text, "token_ids": ids, "prompt_tokens": enc.ids.len(),
             "timings": {
@@ -224,6 +226,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
             },
             "gpu_peak_bytes": gpu.pool_stats().peak_bytes,
             "adapter": gpu.adapter.to_string(), "quant": a.quant,
+            "weight_formats": model.weights.recipe().name(), "weight_bytes": stats.bytes, "weight_params": stats.params,
         });
         println!("{v}");
     } else {

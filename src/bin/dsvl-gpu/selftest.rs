@@ -29,7 +29,7 @@ const ARRAYS: &[(&str, Option<&[u8]>, &[u8])] = &[
 ];
 
 /// A little-endian f32, C-order .npy: (shape, values).
-fn npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
+pub fn npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     let bad = || anyhow!("built-in reference array is malformed");
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad());

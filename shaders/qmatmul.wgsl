@@ -1,0 +1,296 @@
+// y[m, n_off + n] = epilogue(sum_k x[m, k] * deq(W)[n, k] + bias[bias_off + n]) with W packed
+// (src/quant): dequantised on the fly, never materialised. `qgemv`: one workgroup per 8 * CPG
+// output rows for a few rows of x (decode); `qgemm`: 128x128 tiles, W dequantised while staged
+// into workgroup memory. Flags: Q4 (int4 codes, else int8), ZERO (int4 with offsets: d * q + m;
+// without: d * (q - 8)), F16 (f16 activations, needs SHADER_F16), VEC (gemv reads x as vec4:
+// K a multiple of 32 and x offsets of 4), SUBGROUPS (gemv reduces with subgroupAdd; 32-wide
+// subgroups only). Accumulation is f32; codes and scales are read as u32 on every adapter.
+
+#ifdef F16
+alias T = f16;
+#else
+alias T = f32;
+#endif
+
+struct QMatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    x_off: u32,
+    x_stride: u32,
+    y_off: u32,
+    y_stride: u32,
+    n_off: u32,
+    bias_off: u32,
+    // bit 0: add bias; bit 1: add the previous y (residual)
+    flags: u32,
+    // 0: none, 1: GELU (erf), 2: GELU (tanh)
+    act: u32,
+    // columns per scale
+    group: u32,
+    // u32 words of codes per row (a multiple of 4)
+    row_words: u32,
+    // groups per row
+    row_groups: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: QMatmulParams;
+#ifdef VEC
+@group(0) @binding(1) var<storage, read> x4: array<vec4<T>>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<T>;
+#endif
+@group(0) @binding(2) var<storage, read> codes: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<T>;
+
+#include gelu
+#include qdecode
+
+#ifdef ZERO
+const OFF: f32 = 0.0;
+#else
+const OFF: f32 = 8.0;
+#endif
+
+// (d, m) of group g of row n (m = 0 without offsets).
+fn scale_of(n: u32, g: u32) -> vec2<f32> {
+    let i = n * p.row_groups + g;
+#ifdef ZERO
+    return scale_pair(i);
+#else
+    return vec2<f32>(scale_half(i), 0.0);
+#endif
+}
+
+fn finish(m: u32, n: u32, acc: f32) {
+    var v = acc;
+    if ((p.flags & 1u) != 0u) {
+        v += bias[p.bias_off + n];
+    }
+    if (p.act == 1u) {
+        v = gelu_erf_f(v);
+    } else if (p.act == 2u) {
+        v = gelu_tanh_f(v);
+    }
+    let i = p.y_off + m * p.y_stride + p.n_off + n;
+    if ((p.flags & 2u) != 0u) {
+        v += f32(y[i]);
+    }
+    y[i] = T(v);
+}
+
+// ---- qgemv: row m = workgroup z; 8 groups of 32 lanes, CPG output rows per group ----
+// Lane l takes 32-column chunks l, l + 32, ...: one 16-byte load of int4 codes (two of int8)
+// per row, the chunk of x loaded once for the CPG rows. A chunk lies in one group (groups are
+// multiples of 32), so it needs one scale.
+const CPG: u32 = 4u;
+var<workgroup> partial: array<vec4<f32>, 256>;
+
+struct X32 {
+    a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
+    a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
+    sum: f32,
+}
+
+#ifndef VEC
+fn x_at(xrow: u32, k: u32) -> f32 {
+    if (k < p.k) {
+        return f32(x[xrow + k]);
+    }
+    return 0.0;
+}
+fn x_vec(xrow: u32, k: u32) -> vec4<f32> {
+    return vec4<f32>(x_at(xrow, k), x_at(xrow, k + 1u), x_at(xrow, k + 2u), x_at(xrow, k + 3u));
+}
+#endif
+
+// x[xrow + k .. xrow + k + 32], zero past K.
+fn load_x(xrow: u32, k: u32) -> X32 {
+    var r: X32;
+#ifdef VEC
+    let i = (xrow + k) >> 2u;
+    r.a0 = vec4<f32>(x4[i]); r.a1 = vec4<f32>(x4[i + 1u]); r.a2 = vec4<f32>(x4[i + 2u]); r.a3 = vec4<f32>(x4[i + 3u]);
+    r.a4 = vec4<f32>(x4[i + 4u]); r.a5 = vec4<f32>(x4[i + 5u]); r.a6 = vec4<f32>(x4[i + 6u]); r.a7 = vec4<f32>(x4[i + 7u]);
+#else
+    r.a0 = x_vec(xrow, k); r.a1 = x_vec(xrow, k + 4u); r.a2 = x_vec(xrow, k + 8u); r.a3 = x_vec(xrow, k + 12u);
+    r.a4 = x_vec(xrow, k + 16u); r.a5 = x_vec(xrow, k + 20u); r.a6 = x_vec(xrow, k + 24u); r.a7 = x_vec(xrow, k + 28u);
+#endif
+#ifdef ZERO
+    // For the offsets' term: m * sum(x) over the chunk.
+    r.sum = dot(r.a0 + r.a1 + r.a2 + r.a3 + r.a4 + r.a5 + r.a6 + r.a7, vec4<f32>(1.0));
+#endif
+    return r;
+}
+
+// x's chunk c · deq(W)[n, 32c .. 32c + 32].
+fn dot_chunk(xc: X32, n: u32, c: u32) -> f32 {
+    let sc = scale_of(n, (c * 32u) / p.group);
+    let row = n * (p.row_words >> 2u);
+#ifdef Q4
+    let q = codes[row + c];
+    let s = dot(xc.a0, nib_lo(q.x) - OFF) + dot(xc.a1, nib_hi(q.x) - OFF) + dot(xc.a2, nib_lo(q.y) - OFF) + dot(xc.a3, nib_hi(q.y) - OFF) +
+        dot(xc.a4, nib_lo(q.z) - OFF) + dot(xc.a5, nib_hi(q.z) - OFF) + dot(xc.a6, nib_lo(q.w) - OFF) + dot(xc.a7, nib_hi(q.w) - OFF);
+#else
+    let q0 = codes[row + 2u * c];
+    let q1 = codes[row + 2u * c + 1u];
+    let s = dot(xc.a0, bytes4(q0.x)) + dot(xc.a1, bytes4(q0.y)) + dot(xc.a2, bytes4(q0.z)) + dot(xc.a3, bytes4(q0.w)) +
+        dot(xc.a4, bytes4(q1.x)) + dot(xc.a5, bytes4(q1.y)) + dot(xc.a6, bytes4(q1.z)) + dot(xc.a7, bytes4(q1.w));
+#endif
+#ifdef ZERO
+    return sc.x * s + sc.y * xc.sum;
+#else
+    return sc.x * s;
+#endif
+}
+
+@compute @workgroup_size(256)
+fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m = wid.z;
+    let g = lid / 32u;
+    let lane = lid % 32u;
+    let block = (wid.x + wid.y * nwg.x) * 8u * CPG;
+    let base = block + g * CPG;
+    // Past-the-end rows recompute the last one (uniform control flow) and store nothing.
+    let nl = p.n - 1u;
+    let n = vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
+    let xrow = p.x_off + m * p.x_stride;
+    let chunks = (p.k + 31u) / 32u;
+    var s = vec4<f32>(0.0);
+    for (var c = lane; c < chunks; c += 32u) {
+        let xc = load_x(xrow, c * 32u);
+        s += vec4<f32>(dot_chunk(xc, n.x, c), dot_chunk(xc, n.y, c), dot_chunk(xc, n.z, c), dot_chunk(xc, n.w, c));
+    }
+#ifdef SUBGROUPS
+    let total = subgroupAdd(s);
+    if (lane == 0u) {
+        for (var c = 0u; c < CPG; c++) {
+            if (base + c < p.n) {
+                finish(m, base + c, total[c]);
+            }
+        }
+    }
+#else
+    partial[lid] = s;
+    workgroupBarrier();
+    if (lid < 8u * CPG) {
+        let gg = lid / CPG;
+        let c = lid % CPG;
+        var total = 0.0;
+        for (var l = 0u; l < 32u; l++) {
+            total += partial[gg * 32u + l][c];
+        }
+        if (block + lid < p.n) {
+            finish(m, block + lid, total);
+        }
+    }
+#endif
+}
+
+#ifndef VEC
+// ---- qgemm: 256 invocations, 128x128 output tile, 8x8 per invocation (as matmul.wgsl) ----
+// Each invocation stages 8 consecutive k of one row of x and one row of W per BK step; the W
+// row's 8 codes are one int4 word (two int8 words) with one scale.
+const BM: u32 = 128u;
+const BN: u32 = 128u;
+const BK: u32 = 16u;
+var<workgroup> As: array<array<vec4<f32>, 32>, BK>;
+var<workgroup> Bs: array<array<vec4<f32>, 32>, BK>;
+
+fn word(i: u32) -> u32 {
+    return codes[i >> 2u][i & 3u];
+}
+
+struct W8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// deq(W)[n, k .. k + 8] for k a multiple of 8 (inside the padded row).
+fn w8(n: u32, k: u32) -> W8 {
+    let sc = scale_of(n, k / p.group);
+#ifdef Q4
+    let w = word(n * p.row_words + (k >> 3u));
+    return W8(fma(vec4<f32>(sc.x), nib_lo(w) - OFF, vec4<f32>(sc.y)), fma(vec4<f32>(sc.x), nib_hi(w) - OFF, vec4<f32>(sc.y)));
+#else
+    let i = n * p.row_words + (k >> 2u);
+    return W8(sc.x * bytes4(word(i)), sc.x * bytes4(word(i + 1u)));
+#endif
+}
+
+@compute @workgroup_size(256)
+fn qgemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let lr = lid >> 1u;
+    let lk = (lid & 1u) * 8u;
+    let am = m0 + lr;
+    let bn = n0 + lr;
+    let col = lr >> 2u;
+    let lane = lr & 3u;
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var i = 0u; i < 8u; i++) {
+            let k = k0 + lk + i;
+            var av = 0.0;
+            if (am < p.m && k < p.k) {
+                av = f32(x[p.x_off + am * p.x_stride + k]);
+            }
+            As[lk + i][col][lane] = av;
+        }
+        // Columns past K hold finite values; x is zero there.
+        var wv = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (bn < p.n && k0 + lk < p.k) {
+            wv = w8(bn, k0 + lk);
+        }
+        Bs[lk][col][lane] = wv.lo.x; Bs[lk + 1u][col][lane] = wv.lo.y;
+        Bs[lk + 2u][col][lane] = wv.lo.z; Bs[lk + 3u][col][lane] = wv.lo.w;
+        Bs[lk + 4u][col][lane] = wv.hi.x; Bs[lk + 5u][col][lane] = wv.hi.y;
+        Bs[lk + 6u][col][lane] = wv.hi.z; Bs[lk + 7u][col][lane] = wv.hi.w;
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = As[kk][ty];
+            let a1 = As[kk][ty + 16u];
+            let b0 = Bs[kk][tx];
+            let b1 = Bs[kk][tx + 16u];
+            c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
+            c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
+            c30 = fma(vec4<f32>(a0.w), b0, c30); c31 = fma(vec4<f32>(a0.w), b1, c31);
+            c40 = fma(vec4<f32>(a1.x), b0, c40); c41 = fma(vec4<f32>(a1.x), b1, c41);
+            c50 = fma(vec4<f32>(a1.y), b0, c50); c51 = fma(vec4<f32>(a1.y), b1, c51);
+            c60 = fma(vec4<f32>(a1.z), b0, c60); c61 = fma(vec4<f32>(a1.z), b1, c61);
+            c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
+        }
+        workgroupBarrier();
+    }
+    let r0 = m0 + 4u * ty;
+    let r1 = m0 + 64u + 4u * ty;
+    let q0 = n0 + 4u * tx;
+    let q1 = n0 + 64u + 4u * tx;
+    store4(r0, q0, c00); store4(r0, q1, c01);
+    store4(r0 + 1u, q0, c10); store4(r0 + 1u, q1, c11);
+    store4(r0 + 2u, q0, c20); store4(r0 + 2u, q1, c21);
+    store4(r0 + 3u, q0, c30); store4(r0 + 3u, q1, c31);
+    store4(r1, q0, c40); store4(r1, q1, c41);
+    store4(r1 + 1u, q0, c50); store4(r1 + 1u, q1, c51);
+    store4(r1 + 2u, q0, c60); store4(r1 + 2u, q1, c61);
+    store4(r1 + 3u, q0, c70); store4(r1 + 3u, q1, c71);
+}
+
+fn store4(m: u32, n: u32, v: vec4<f32>) {
+    if (m >= p.m) { return; }
+    if (n < p.n) { finish(m, n, v.x); }
+    if (n + 1u < p.n) { finish(m, n + 1u, v.y); }
+    if (n + 2u < p.n) { finish(m, n + 2u, v.z); }
+    if (n + 3u < p.n) { finish(m, n + 3u, v.w); }
+}
+#endif
