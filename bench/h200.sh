@@ -3,7 +3,8 @@
 #   1. make the checkpoint (bench/real_shapes.py make: original layout, bf16, real vocabulary),
 #   2. parity: HF transformers' DeepseekVLForConditionalGeneration in f32 against `dsvl-gpu run
 #      --dump-logits` with --quant f32 and f16 (relative L2, cosine, top-1),
-#   3. `dsvl-gpu bench` for each quant in $QUANTS (default "f16 f32"), with --profile for the first,
+#   3. `dsvl-gpu quant-report` (QREPORT=0 skips it), then `dsvl-gpu bench` for each quant in
+#      $QUANTS (default "f16 q8 q4 mixed"), with --profile for the first,
 #   4. the PyTorch reference (bf16, SDPA) on the same weights and the same prompt.
 # Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
 # Device call: carry [".gl", ".bin"], command: bash bench/h200.sh
@@ -20,7 +21,7 @@ exec > >(tee "$out/h200.log") 2>&1
 D=/tmp/dsvl-1.3b
 W=/tmp/dsvl-work
 mkdir -p "$W"
-QUANTS=${QUANTS:-"f16 f32"}
+QUANTS=${QUANTS:-"f16 q8 q4 mixed"}
 PARITY=${PARITY:-1}  # 0: skip step 2
 TORCH=${TORCH:-1}    # 0: skip step 4
 step() { echo "=== $* ($(date +%T))"; }
@@ -49,6 +50,11 @@ for q in f32 f16; do
         --dump-logits "$W/ours_$q.npy" --max-new-tokens 8 --json
 done
 python3 bench/real_shapes.py compare "$W/ref.npy" "$W/ours_f32.npy" "$W/ours_f16.npy"
+fi
+
+if [ "${QREPORT:-1}" = 1 ]; then
+    step "quant-report (logits cosine of each recipe against f32)"
+    ./.bin/dsvl-gpu quant-report --model "$D" 2>&1 | grep -v "loading weights"
 fi
 
 first=1

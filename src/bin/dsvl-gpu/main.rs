@@ -69,7 +69,18 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version print as clap formats them; a bad argument is one line, like every
+        // other error (clap's own message spans several).
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments").trim();
+            eprintln!("{} (see --help)", first);
+            std::process::exit(2);
+        }
+    };
     let mut opts = GpuOptions::from_env();
     if cli.adapter.is_some() {
         opts.adapter = cli.adapter.clone();
