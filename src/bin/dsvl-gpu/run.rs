@@ -50,11 +50,12 @@ pub struct RunArgs {
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
-    /// Weight formats: f32 (the parity path, f32 activations), f16, q8 (int8), q4 (int4) or mixed (the
-    /// default: int4 decoder layers, int8 elsewhere; docs/QUANT.md), with optional per-part overrides
+    /// Weight formats: f32 (the parity path, f32 activations), f16, q8 (int8: the default, the one
+    /// quantised recipe within its accuracy bound at the 1.3B shapes; docs/QUANT.md), q4 (int4) or
+    /// mixed (int4 decoder layers, int8 elsewhere), with optional per-part overrides
     /// `q4,lm_head=q8,embed=f16` (vision, aligner, llm, embed, lm_head). Activations are f16 where the
     /// adapter has SHADER_F16, except for f32. A `dsvl-gpu quantize` folder loads as it was written.
-    #[arg(long, default_value = "mixed")]
+    #[arg(long, default_value = "q8")]
     pub quant: String,
     /// Print one JSON object at the end (text, ids, prompt tokens, timings, adapter, weight formats and bytes).
     #[arg(long)]
