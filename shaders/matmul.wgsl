@@ -53,23 +53,8 @@ struct MatmulParams {
 #endif
 
 #include gelu
+#include epilogue
 
-fn finish(m: u32, n: u32, acc: f32) {
-    var v = acc;
-    if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_off + n];
-    }
-    if (p.act == 1u) {
-        v = gelu_erf_f(v);
-    } else if (p.act == 2u) {
-        v = gelu_tanh_f(v);
-    }
-    let i = p.y_off + m * p.y_stride + p.n_off + n;
-    if ((p.flags & 2u) != 0u) {
-        v += f32(y[i]);
-    }
-    y[i] = T(v);
-}
 
 #ifndef VEC
 #ifdef W_F16

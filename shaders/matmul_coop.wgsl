@@ -7,6 +7,8 @@
 // and store only the rows and columns no other tile owns, so every element is written once.
 enable wgpu_cooperative_matrix;
 
+alias T = f16;
+
 struct MatmulParams {
     m: u32,
     n: u32,
@@ -32,26 +34,11 @@ struct MatmulParams {
 @group(0) @binding(4) var<storage, read_write> y: array<f16>;
 
 #include gelu
+#include epilogue
 
 // One 16x16 f32 result per subgroup at a time, row-major, for the epilogue.
 var<workgroup> cs: array<f32, 1024>;
 
-fn finish(m: u32, n: u32, acc: f32) {
-    var v = acc;
-    if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_off + n];
-    }
-    if (p.act == 1u) {
-        v = gelu_erf_f(v);
-    } else if (p.act == 2u) {
-        v = gelu_tanh_f(v);
-    }
-    let i = p.y_off + m * p.y_stride + p.n_off + n;
-    if ((p.flags & 2u) != 0u) {
-        v += f32(y[i]);
-    }
-    y[i] = f16(v);
-}
 
 // Tiles per subgroup along N (2 or 4) and 16-deep k steps per loop iteration (1 or 2).
 override NT: u32 = 4u;

@@ -48,6 +48,7 @@ struct QMatmulParams {
 @group(0) @binding(5) var<storage, read_write> y: array<T>;
 
 #include gelu
+#include epilogue
 #include qdecode
 
 #ifdef ZERO
@@ -66,22 +67,6 @@ fn scale_of(n: u32, g: u32) -> vec2<f32> {
 #endif
 }
 
-fn finish(m: u32, n: u32, acc: f32) {
-    var v = acc;
-    if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_off + n];
-    }
-    if (p.act == 1u) {
-        v = gelu_erf_f(v);
-    } else if (p.act == 2u) {
-        v = gelu_tanh_f(v);
-    }
-    let i = p.y_off + m * p.y_stride + p.n_off + n;
-    if ((p.flags & 2u) != 0u) {
-        v += f32(y[i]);
-    }
-    y[i] = T(v);
-}
 
 // ---- qgemv: row m = workgroup z; 8 groups of 32 lanes, CPG output rows per group ----
 // Lane l takes 32-column chunks l, l + 32, ...: one 16-byte load of int4 codes (two of int8)

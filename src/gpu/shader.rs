@@ -32,7 +32,11 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).
-pub const INCLUDES: &[(&str, &str)] = &[("gelu", include_str!("../../shaders/gelu.wgsl")), ("qdecode", include_str!("../../shaders/qdecode.wgsl"))];
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("gelu", include_str!("../../shaders/gelu.wgsl")),
+    ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
+    ("qdecode", include_str!("../../shaders/qdecode.wgsl")),
+];
 
 pub fn source(name: &str) -> Result<&'static str> {
     SOURCES
