@@ -299,7 +299,7 @@ impl<'a> Loader<'a> {
     /// uploaded as it is, whatever the recipe says.
     async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize, part: Part) -> Result<Weight> {
         if file::is_quantised(self.src, name) {
-            let p = file::read_quantised(self.src, name, rows, cols)?;
+            let p = file::read_quantised(self.src, name, rows, cols).await?;
             let w = QMatrix::upload(self.gpu, &p)?;
             self.tick(p.bytes());
             return Ok(Weight::Quant(w));
@@ -365,7 +365,7 @@ impl<'a> Loader<'a> {
         for &(name, rows) in parts {
             // Progress counts the bytes read: packed ones, or the checkpoint's.
             let (p, read) = if file::is_quantised(self.src, name) {
-                let p = file::read_quantised(self.src, name, rows, cols)?;
+                let p = file::read_quantised(self.src, name, rows, cols).await?;
                 let n = p.bytes();
                 (p, n)
             } else if let Format::Q(fmt) = self.recipe.get(part) {
@@ -398,7 +398,7 @@ impl<'a> Loader<'a> {
                 // Progress counts the bytes read: packed ones, or the checkpoint's.
                 let (p, read) = match (file::is_quantised(self.src, wn), self.recipe.vision) {
                     (true, _) => {
-                        let p = file::read_quantised(self.src, wn, w, w)?;
+                        let p = file::read_quantised(self.src, wn, w, w).await?;
                         let n = p.bytes();
                         (p, n)
                     }

@@ -41,8 +41,8 @@ pub fn has(src: &TensorSource, name: &str) -> bool {
 /// dtypes and shapes. Returns the format and the bytes it occupies in the file.
 pub fn check_quantised(src: &TensorSource, name: &str, rows: usize, cols: usize) -> Result<(QFormat, u64)> {
     let (cn, sn) = (format!("{name}{CODES}"), format!("{name}{SCALES}"));
-    let (ci, cb, file) = src.need(&cn)?;
-    let (si, sb, _) = src.need(&sn)?;
+    let (ci, file) = src.need_info(&cn)?;
+    let (si, _) = src.need_info(&sn)?;
     let fmt_name = src.metadata_of(&cn).and_then(|m| m.get(&format_key(name))).ok_or_else(|| werr(file, &cn, format!("no `{}` in __metadata__ naming its format", format_key(name))))?;
     let fmt = QFormat::parse(fmt_name).map_err(|e| werr(file, &cn, e.to_string()))?;
     let l = fmt.layout(cols);
@@ -52,15 +52,18 @@ pub fn check_quantised(src: &TensorSource, name: &str, rows: usize, cols: usize)
     if si.dtype != Source::F16 || si.shape != [rows, l.row_scales] {
         return Err(werr(file, &sn, format!("{:?} {:?}, expected F16 [{rows}, {}] for {fmt} of [{rows}, {cols}]", si.dtype, si.shape, l.row_scales)));
     }
-    Ok((fmt, (cb.len() + sb.len()) as u64))
+    Ok((fmt, (ci.range.len() + si.range.len()) as u64))
 }
 
-/// Reads a quantised [rows, cols] weight.
-pub fn read_quantised(src: &TensorSource, name: &str, rows: usize, cols: usize) -> Result<Packed> {
+/// Reads a quantised [rows, cols] weight: from memory, or fetched (the browser's Range reads).
+pub async fn read_quantised(src: &TensorSource, name: &str, rows: usize, cols: usize) -> Result<Packed> {
     let (fmt, _) = check_quantised(src, name, rows, cols)?;
-    let (_, cb, _) = src.need(&format!("{name}{CODES}"))?;
-    let (_, sb, file) = src.need(&format!("{name}{SCALES}"))?;
-    let p = Packed { fmt, rows, cols, codes: bytemuck::pod_collect_to_vec(cb), scales: bytemuck::pod_collect_to_vec(sb) };
+    let (cn, sn) = (format!("{name}{CODES}"), format!("{name}{SCALES}"));
+    let (ci, _) = src.need_info(&cn)?;
+    let (si, file) = src.need_info(&sn)?;
+    let cb = src.read(&cn, 0..ci.range.len()).await?;
+    let sb = src.read(&sn, 0..si.range.len()).await?;
+    let p = Packed { fmt, rows, cols, codes: bytemuck::pod_collect_to_vec(&cb), scales: bytemuck::pod_collect_to_vec(&sb) };
     p.check().map_err(|e| werr(file, name, e.to_string()))?;
     Ok(p)
 }

@@ -11,12 +11,12 @@ use super::fetch::JsRangeFetch;
 use super::model::{Inner, WebModel};
 use super::now_ms;
 use crate::error::{Error, Result};
-use crate::gpu::DType;
 use crate::image::ImageConfig;
 use crate::model::config::ModelConfig;
 use crate::model::safetensors::{parse_head, TensorSource};
 use crate::model::vlm::Model;
-use crate::model::weights::load_weights;
+use crate::model::weights::load_weights_with;
+use crate::quant::Recipe;
 use crate::prompt::PromptTokenizer;
 
 fn file(files: &Object, name: &str) -> Result<Option<Vec<u8>>> {
@@ -32,9 +32,9 @@ fn file(files: &Object, name: &str) -> Result<Option<Vec<u8>>> {
 /// when present `special_tokens_map.json`, `tokenizer_config.json`, `preprocessor_config.json`,
 /// `processor_config.json`); `shards` is `[{name, head: Uint8Array, size}]`, each safetensors
 /// file's first bytes (at least its header) and total size; `fetch(name, start, end)` resolves
-/// to the bytes `start..end` of a shard. `quant` is `f32` (the parity path) or `f16` (f16
-/// weights; f16 activations where the adapter has shader-f16). `on_progress(done, total)` sees
-/// the bytes uploaded.
+/// to the bytes `start..end` of a shard. `quant` is a recipe as `run --quant` takes it: `f32`
+/// (the parity path), `f16` (f16 weights; f16 activations where the adapter has shader-f16),
+/// `q8`, `q4`, `mixed`. `on_progress(done, total)` sees the bytes uploaded.
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(files: Object, shards: Array, fetch: Function, quant: String, on_progress: Option<Function>) -> Result<WebModel, JsError> {
     load(files, shards, fetch, quant, on_progress).await.map_err(|e| JsError::new(&e.to_string()))
@@ -43,11 +43,11 @@ pub async fn load_model(files: Object, shards: Array, fetch: Function, quant: St
 async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_progress: Option<Function>) -> Result<WebModel> {
     let t0 = now_ms();
     let gpu = super::gpu().await?;
-    let (wdtype, act) = match quant.as_str() {
-        "f32" => (DType::F32, DType::F32),
-        "f16" => (DType::F16, if gpu.caps.f16 { DType::F16 } else { DType::F32 }),
-        q => return Err(Error::Invalid(format!("quant `{q}`: supported are f32 and f16"))),
-    };
+    // As `run --quant`: f32, f16, q8, q4, mixed, with per-part overrides. Int8/int4 from a dense
+    // checkpoint are quantised on the CPU here, one matrix at a time; a folder written by
+    // `dsvl-gpu quantize` loads as it was written, whatever this says.
+    let recipe = Recipe::parse(&quant).map_err(|e| Error::Invalid(format!("quant `{quant}`: {e}")))?;
+    let act = recipe.act(gpu.caps.f16);
     let need = |name: &str| -> Result<Vec<u8>> { file(&files, name)?.ok_or_else(|| Error::Io { path: name.into(), message: "missing from the model folder".into() }) };
     let processor = file(&files, "processor_config.json")?;
     let cfg = ModelConfig::from_dir_files(&need("config.json")?, file(&files, "preprocessor_config.json")?.as_deref(), processor.as_deref())?;
@@ -78,7 +78,7 @@ async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_p
         return Err(Error::Invalid("no safetensors file given".into()));
     }
     let source = TensorSource::from_headers(headers, Box::new(JsRangeFetch { f: fetch }))?;
-    let weights = load_weights(&gpu, &cfg, &source, wdtype, act, &mut |done, total| {
+    let weights = load_weights_with(&gpu, &cfg, &source, &recipe, act, &mut |done, total| {
         if let Some(f) = &on_progress {
             // A throwing progress callback must not stop the load.
             let _ = f.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
@@ -88,6 +88,6 @@ async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_p
     let v = &cfg.vision;
     let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
     let model = Rc::new(Model::new(&gpu, cfg, weights, act)?);
-    let inner = Inner { gpu, model, tok, icfg, quant, wdtype, load_ms: now_ms() - t0, busy: Cell::new(false), chat: RefCell::new(None) };
+    let inner = Inner { gpu, model, tok, icfg, quant, load_ms: now_ms() - t0, busy: Cell::new(false), chat: RefCell::new(None) };
     Ok(WebModel::new(Rc::new(inner)))
 }

@@ -18,7 +18,7 @@ use super::options::Request;
 use super::stream::Stream;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Session};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{Gpu, Tensor};
 use crate::image::ImageConfig;
 use crate::model::llama::LogitRows;
 use crate::model::vlm::Model;
@@ -43,7 +43,6 @@ pub(super) struct Inner {
     pub(super) tok: PromptTokenizer,
     pub(super) icfg: ImageConfig,
     pub(super) quant: String,
-    pub(super) wdtype: DType,
     pub(super) load_ms: f64,
     pub(super) busy: Cell<bool>,
     /// The chat's KV cache and the preprocessed images of its conversation (by content hash).
@@ -204,7 +203,7 @@ impl Inner {
             },
             "paths": { "f16": c.f16, "subgroups": c.subgroups, "maxBinding": c.max_binding },
             "lacks": lacks,
-            "quant": self.quant, "weights": self.wdtype.to_string(), "activations": self.model.act.to_string(),
+            "quant": self.quant, "weights": self.model.weights.recipe().name(), "weight_bytes": self.model.weights.stats().bytes, "activations": self.model.act.to_string(),
             "memory": { "gpuLiveBytes": p.live_bytes, "gpuPeakBytes": p.peak_bytes, "gpuCachedBytes": p.cached_bytes },
             "model": {
                 "layout": format!("{:?}", cfg.layout), "layers": cfg.llm.layers, "hidden": cfg.llm.hidden, "vocab": cfg.llm.vocab,

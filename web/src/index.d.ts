@@ -3,7 +3,8 @@
 /** What `images` accept: files and blobs (decoded like Pillow), bitmaps, pixels, or URLs. */
 export type ImageInput = Blob | File | ImageBitmap | ImageData | URL | string | HTMLImageElement | HTMLCanvasElement;
 
-export type Quant = 'f16' | 'f32';
+/** As `dsvl-gpu run --quant`: a base format, optionally with per-part overrides (`q4,lm_head=q8`). */
+export type Quant = 'f16' | 'f32' | 'q8' | 'q4' | 'mixed' | (string & {});
 
 /** Load progress. `download`: bytes obtained (network, cache or local files) of the files' total;
  * `upload`: bytes of tensors on the GPU (converted to the weight dtype there) of those the model uses;
@@ -17,7 +18,9 @@ export type Progress =
   | { stage: 'ready' };
 
 export interface LoadOptions {
-  /** 'f16' (default): f16 weights, f16 activations where the device has shader-f16. 'f32': the parity path. */
+  /** 'f16' (default): f16 weights, f16 activations where the device has shader-f16. 'f32': the parity
+   * path. 'q8' / 'q4' / 'mixed': int8 / int4 weights quantised on the CPU while loading. A folder written
+   * by `dsvl-gpu quantize` loads in its own formats whatever this says. */
   quant?: Quant;
   onProgress?: (p: Progress) => void;
   signal?: AbortSignal;
@@ -92,7 +95,10 @@ export interface ModelInfo {
   /** What this device lacks, each with what it costs. */
   lacks: string[];
   quant: Quant;
+  /** The weights' formats per part, as `run --json` names them (`f16`, `q8g128`, `mixed`, ...). */
   weights: string;
+  /** GPU bytes of the weights (codes and scales included). */
+  weight_bytes: number;
   activations: string;
   memory: { gpuLiveBytes: number; gpuPeakBytes: number; gpuCachedBytes: number };
   model: { layout: string; layers: number; hidden: number; vocab: number; maxPositions: number; imageSize: number; imageTokens: number };

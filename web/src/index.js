@@ -47,7 +47,7 @@ export class Dsvl {
 
   /**
    * Loads a model. `source`: the base URL of a model folder, or its File objects.
-   * Options: quant ('f16' | 'f32'), onProgress({stage, loaded, total, ...}), signal, cache
+   * Options: quant ('f16' | 'f32' | 'q8' | 'q4' | 'mixed', as `run --quant`), onProgress({stage, loaded, total, ...}), signal, cache
    * (default true), workerUrl (where worker.js is served, if a bundler moved it).
    */
   static async load(source, options = {}) {

@@ -14,7 +14,7 @@
 // tests/cli.rs checks the CLI produces.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FIXTURES, REPO_ROOT, WEB_ROOT, forwardConsole, launch, readNpy, relL2, serve } from './harness.mjs';
@@ -36,11 +36,34 @@ function assert(cond, message) {
 }
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
+/** The newest native CLI binary, or null when none is built. */
+function cliBin() {
+  const candidates = [process.env.DSVL_CLI, join(REPO_ROOT, 'target/debug/dsvl-gpu'), join(REPO_ROOT, 'target/release/dsvl-gpu')].filter((p) => p && existsSync(p));
+  return candidates.length ? candidates.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0] : null;
+}
+
+/** `dsvl-gpu quantize` of tiny-orig to int4 under target/web-tests (the folder served as /gen/). */
+function quantisedFixture() {
+  const bin = cliBin();
+  if (!bin) return null;
+  const out = join(REPO_ROOT, 'target', 'web-tests', 'tiny-q4');
+  rmSync(out, { recursive: true, force: true });
+  execFileSync(bin, ['quantize', '--model', 'tests/fixtures/dsvl/tiny-orig', '--quant', 'q4', '--out', out], {
+    cwd: REPO_ROOT, env: { ...process.env, NODEVICE_SELECT: '1' }, stdio: 'pipe', timeout: 300_000,
+  });
+  return out;
+}
+
+const cosine = (a, b) => {
+  let ab = 0, aa = 0, bb = 0;
+  for (let i = 0; i < a.length; i++) { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i]; }
+  return ab / Math.sqrt(aa * bb);
+};
+
 /** Greedy ids of `dsvl-gpu run` on one_image, or null when no CLI binary is built. */
 function cliIds() {
-  const candidates = [process.env.DSVL_CLI, join(REPO_ROOT, 'target/debug/dsvl-gpu'), join(REPO_ROOT, 'target/release/dsvl-gpu')].filter((p) => p && existsSync(p));
-  if (!candidates.length) return null;
-  const bin = candidates.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+  const bin = cliBin();
+  if (!bin) return null;
   const out = execFileSync(bin, ['run', '--model', 'tests/fixtures/dsvl/tiny-orig', '--image', 'tests/fixtures/dsvl/images/wide.png', '--prompt', 'Describe this image.', '--quant', 'f32', '--max-new-tokens', '8', '--json'], {
     cwd: REPO_ROOT, env: { ...process.env, NODEVICE_SELECT: '1' }, encoding: 'utf8', timeout: 300_000,
   });
@@ -49,7 +72,8 @@ function cliIds() {
 
 async function main() {
   assert(existsSync(join(WEB_ROOT, 'pkg', 'dsvl_gpu_bg.wasm')), 'web/pkg is missing: run scripts/build-web.sh first');
-  const server = await serve();
+  mkdirSync(join(REPO_ROOT, 'target', 'web-tests'), { recursive: true });
+  const server = await serve({ '/': WEB_ROOT, '/fixtures/': FIXTURES, '/gen/': join(REPO_ROOT, 'target', 'web-tests') });
   const browser = await launch();
   const t0 = Date.now();
   console.log(`chromium ${browser.version}; serving ${server.url}`);
@@ -270,6 +294,30 @@ async function main() {
       assert(r.w === 'f16' && r.a === (r.f16 ? 'f16' : 'f32'), `dtypes ${r.w}/${r.a} with shader-f16 ${r.f16}`);
       assert(err <= 2e-2, `rel L2 ${err.toExponential(2)} > 2e-2`);
       return `weights ${r.w}, activations ${r.a}: text_only rel L2 ${err.toExponential(2)}`;
+    });
+
+    await step('int8 quantised at load, and an int4 `dsvl-gpu quantize` folder over Range', async () => {
+      const q4 = quantisedFixture();
+      assert(q4, 'no native dsvl-gpu binary to write the int4 folder with (cargo build first)');
+      const r = await ev(async ({ fx, q4url }) => {
+        const out = {};
+        for (const [name, src, quant] of [['q8', fx, 'q8'], ['q4', q4url, 'f32']]) {
+          const m = await window.Dsvl.load(src, { quant, cache: false });
+          const l = await m.logits({ prompt: 'What colour is the cat?' });
+          const i = await m.info();
+          await m.dispose();
+          out[name] = { l: Array.from(l), weights: i.weights, bytes: i.weight_bytes };
+        }
+        return out;
+      }, { fx, q4url: `${server.url}/gen/tiny-q4/` });
+      const want = npy('tiny-orig', caseOf(ORIG, 'text_only').logits_last);
+      const c8 = cosine(r.q8.l, want);
+      const c4 = cosine(r.q4.l, want);
+      // The issue's bounds: 0.999 for int8, 0.98 for int4 (logits cosine against f32 / HF).
+      assert(/q8/.test(r.q8.weights) && c8 >= 0.999, `q8 (${r.q8.weights}): cosine ${c8}`);
+      assert(/q4/.test(r.q4.weights) && c4 >= 0.98, `q4 folder (${r.q4.weights}): cosine ${c4}`);
+      assert(r.q4.bytes < r.q8.bytes, `int4 ${r.q4.bytes} B not below int8 ${r.q8.bytes} B`);
+      return `q8 at load: cosine ${c8.toFixed(5)} (${r.q8.bytes} B); q4 folder: cosine ${c4.toFixed(5)} (${r.q4.bytes} B)`;
     });
 
     await step('load tiny-hf from File objects', async () => {
