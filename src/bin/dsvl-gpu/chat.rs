@@ -1,7 +1,8 @@
 //! `dsvl-gpu chat`: interactive multi-turn conversation on stdin. `/image PATH` attaches an
 //! image to the next message, `/reset` starts over, `/quit` (or end of input) leaves. The KV
 //! cache is kept between turns, so earlier turns are not prefilled again. When a turn would not
-//! fit the context, the oldest turns are dropped (and the cache is rebuilt from the rest).
+//! fit the context, the oldest turns are dropped until the prompt and answer take at most half
+//! of it (and the cache is rebuilt from the rest), so the following turns reuse the cache.
 //!
 //! A failed turn is reported and taken back (its images stay attached for the next message);
 //! the conversation goes on. When the GPU device is lost, the GPU is opened again, the model
@@ -108,16 +109,21 @@ pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
             // otherwise the oldest turns (with their images) go until the prompt and answer fit.
             let too_long = |n: usize| anyhow::anyhow!("your message alone ({n} tokens) does not fit the context of {capacity}");
             let alone = Conversation { system: st.conv.system.clone(), messages: st.conv.messages[st.conv.messages.len() - 1..].to_vec() };
+            // Once turns must go, enough go to bring the prompt and answer down to half the
+            // context (or to what this message needs alone), so the next turns reuse the cache
+            // instead of re-prefilling a full context every time.
+            let mut limit = capacity;
             let enc = match encode(&tok, &alone, n_img) {
                 Err(e) => Err(e.into()),
                 Ok(e) if e.ids.len().saturating_add(a.max_new_tokens) > capacity => Err(too_long(e.ids.len())),
-                Ok(_) => loop {
+                Ok(alone) => loop {
                     match encode(&tok, &st.conv, n_img) {
-                        Ok(enc) if enc.ids.len().saturating_add(a.max_new_tokens) <= capacity => break Ok(enc),
+                        Ok(enc) if enc.ids.len().saturating_add(a.max_new_tokens) <= limit => break Ok(enc),
                         Ok(_) if st.conv.messages.len() > 1 => {
                             let dropped: usize = st.conv.messages.drain(..2).map(|m| m.images).sum();
                             pixels.drain(..dropped);
                             st.images.drain(..dropped);
+                            limit = (capacity / 2).max(alone.ids.len() + a.max_new_tokens);
                             eprintln!("(context full: dropped the oldest turn)");
                         }
                         Ok(enc) => break Err(too_long(enc.ids.len())),
