@@ -10,23 +10,7 @@ alias T = f16;
 alias T = f32;
 #endif
 
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    x_off: u32,
-    x_stride: u32,
-    y_off: u32,
-    y_stride: u32,
-    n_off: u32,
-    bias_off: u32,
-    // bit 0: add bias; bit 1: add the previous y (residual)
-    flags: u32,
-    // 0: none, 1: GELU (erf), 2: GELU (tanh)
-    act: u32,
-    // RMS norm epsilon (gemv with NORM)
-    eps: f32,
-}
+#include matmul_params
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 #ifdef VEC

@@ -157,6 +157,30 @@ fn out_rows(gpu: &Gpu, bytes: usize) -> Result<Tensor> {
     Tensor::empty(gpu, &[crate::ops::bandwidth::read_threads((rows as u32).div_ceil(8)) * 4], DType::U32)
 }
 
+/// CPU quantisation speed (what loading with int8/int4 recipes costs) on a 5632x2048 matrix:
+/// weights per second in the row's name, GB/s of f32 input in its own column.
+fn bench_quantise(quick: bool) -> Result<Vec<BenchRow>> {
+    use crate::quant::{Packed, QFormat};
+    let (rows, cols) = if quick { (256, 2048) } else { (5632, 2048) };
+    let w = Rng::new(5).normals(rows * cols, 0.02);
+    let threads = crate::quant::cpu::threads_for(rows * cols);
+    let mut out = Vec::new();
+    for fmt in [QFormat::q8(128), QFormat::q4(32, true), QFormat::q4(32, false)] {
+        let mut times = Vec::new();
+        for _ in 0..if quick { 1 } else { 3 } {
+            let t = Instant::now();
+            Packed::quantize(fmt, rows, cols, &w)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        let n = (rows * cols) as f64;
+        let name = format!("quantise (CPU, {threads} threads) {fmt} {rows}x{cols}: {:.0} M weights/s", n / ms / 1e3);
+        out.push(BenchRow { name, ms, gflops: 0.0, gbs: 4.0 * n / ms / 1e6, spread: (times[times.len() - 1] - times[0]) / ms });
+    }
+    Ok(out)
+}
+
 /// Runs the standard set. `quick` shrinks repetitions (for slow software adapters).
 pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<BenchRow>> {
     let want = |name: &str| filter.is_none_or(|f| name.contains(f));
@@ -196,6 +220,9 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         if want("QGEMV") {
             rows.push(bench_qlinear(gpu, 1, 2048, 102400, DType::F32, QFormat::q8(128), reps, trials).await?);
         }
+    }
+    if want("quantise") {
+        rows.extend(bench_quantise(quick)?);
     }
     if want("memory") {
         rows.extend(bench_memory(gpu, if quick { 64 << 20 } else { 1 << 30 }, reps, trials).await?);

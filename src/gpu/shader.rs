@@ -35,6 +35,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 pub const INCLUDES: &[(&str, &str)] = &[
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
+    ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),
     ("qdecode", include_str!("../../shaders/qdecode.wgsl")),
 ];
 

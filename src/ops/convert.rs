@@ -65,40 +65,30 @@ pub fn convert(rec: &mut Recorder, raw: &Tensor, n: usize, from: Source, dst: &T
     rec.dispatch(&PipelineKey::new(k, &[], &[]), &params, &[raw, dst], grid(u32_of(op, threads)?.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
-/// Uploads a [rows, cols] matrix stored as `from` into GPU parts of `to` (split under the
-/// binding limit, at most `rows_per_part` rows each), converting on the GPU.
+/// Uploads a [rows, cols] matrix stored as `from` in `bytes` as a `RowSplit` of `to`, converting
+/// on the GPU, in parts of at most `rows_per_part` rows (and within the binding limit).
 pub async fn upload_matrix(gpu: &Gpu, rows: usize, cols: usize, from: Source, bytes: &[u8], to: DType, rows_per_part: usize) -> Result<RowSplit> {
     if bytes.len() != rows * cols * from.size() {
         return Err(shape_err("upload", format!("[{rows}, {cols}] {from:?} needs {} bytes, got {}", rows * cols * from.size(), bytes.len())));
     }
-    upload_matrix_concat(gpu, &[bytes], cols, from, to, rows_per_part).await
-}
-
-/// As `upload_matrix` for the row-wise concatenation of `pieces` (each whole rows of `cols`),
-/// e.g. q|k|v projections fused into one matrix. Each piece goes from the file's bytes to the
-/// GPU without a host-side copy of the whole.
-pub async fn upload_matrix_concat(gpu: &Gpu, pieces: &[&[u8]], cols: usize, from: Source, to: DType, rows_per_part: usize) -> Result<RowSplit> {
-    let row_bytes = cols * from.size();
-    if row_bytes == 0 || pieces.iter().any(|p| p.len() % row_bytes != 0) {
-        return Err(shape_err("upload", format!("pieces of {:?} bytes are not whole rows of {cols} {from:?}", pieces.iter().map(|p| p.len()).collect::<Vec<_>>())));
+    if kernel(from, to)?.is_none() {
+        return RowSplit::from_bytes_parts(gpu, rows, cols, to, bytes, rows_per_part);
     }
-    let rows = pieces.iter().map(|p| p.len()).sum::<usize>() / row_bytes;
-    let convert_kernel = kernel(from, to)?;
     // Both the raw part and the converted part must fit one binding.
-    let widest = if convert_kernel.is_some() { from.size().max(to.size()) } else { to.size() };
+    let widest = from.size().max(to.size());
     let per = rows_per_part.min(RowSplit::rows_per_part(gpu, cols, if widest == 4 { DType::F32 } else { DType::F16 })?).max(1);
+    let row_bytes = cols * from.size();
     let mut parts = Vec::new();
     let mut r0 = 0;
     while r0 < rows {
         let n = per.min(rows - r0);
+        let chunk = &bytes[r0 * row_bytes..(r0 + n) * row_bytes];
+        let raw = Tensor::empty(gpu, &[chunk.len().div_ceil(4)], DType::U32)?;
+        raw.write_bytes(gpu, chunk);
         let part = Tensor::empty_exact(gpu, &[n, cols], to)?;
-        let dst = if convert_kernel.is_some() { Tensor::empty(gpu, &[(n * row_bytes).div_ceil(4)], DType::U32)? } else { part.clone() };
-        write_rows(gpu, &dst, pieces, r0 * row_bytes, n * row_bytes);
-        if convert_kernel.is_some() {
-            let mut rec = Recorder::new(gpu);
-            convert(&mut rec, &dst, n * cols, from, &part)?;
-            rec.finish()?.run(gpu).await?;
-        }
+        let mut rec = Recorder::new(gpu);
+        convert(&mut rec, &raw, n * cols, from, &part)?;
+        rec.finish()?.run(gpu).await?;
         parts.push((r0, part));
         r0 += n;
     }
@@ -151,28 +141,6 @@ pub async fn stack_rows(gpu: &Gpu, mats: Vec<RowSplit>) -> Result<RowSplit> {
     }
     gpu.submit_checked("stacking weight matrices", enc.finish()).await?;
     Ok(RowSplit { rows, cols, dtype, parts })
-}
-
-/// Writes bytes [start, start + len) of the concatenation of `pieces` to the start of `dst`:
-/// slice by slice where the copies stay 4-byte aligned, else through one host buffer.
-fn write_rows(gpu: &Gpu, dst: &Tensor, pieces: &[&[u8]], start: usize, len: usize) {
-    let mut segs = Vec::new();
-    let mut base = 0;
-    for p in pieces {
-        let (lo, hi) = (start.max(base), (start + len).min(base + p.len()));
-        if lo < hi {
-            segs.push((lo - start, &p[lo - base..hi - base]));
-        }
-        base += p.len();
-    }
-    if segs.iter().all(|(off, s)| off % 4 == 0 && s.len() % 4 == 0) {
-        for (off, s) in segs {
-            gpu.queue.write_buffer(dst.buffer(), dst.offset() + off as u64, s);
-        }
-    } else {
-        let joined: Vec<u8> = segs.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-        dst.write_bytes(gpu, &joined);
-    }
 }
 
 async fn check_convert(gpu: &Gpu) -> CheckResult {

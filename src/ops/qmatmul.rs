@@ -5,7 +5,7 @@
 //! dispatch on the weight. Few rows use `qgemv`, many the tiled `qgemm`; one dispatch per row
 //! block, as for dense weights.
 
-use super::matmul::{epilogue_params, reference, Act, Epilogue, GEMV_MAX_ROWS};
+use super::matmul::{epilogue_params, reference, Act, Case, Epilogue, GEMV_MAX_ROWS};
 use super::{act_flags, shape_err, u32_of, Rows, WG};
 use crate::check::{self, compare, compare_mag, poisoned, CheckResult, Rng, Tol};
 use crate::error::Result;
@@ -130,15 +130,6 @@ pub(crate) fn qgather(rec: &mut Recorder, ids: &Tensor, table: &QMatrix, out: &T
 
 // ---- checks: against the CPU twin (`Packed::dequantize`) in f64 ----
 
-struct Case {
-    m: usize,
-    k: usize,
-    n: usize,
-    bias: bool,
-    act: Act,
-    residual: bool,
-    part_rows: usize,
-}
 
 /// Runs one case; returns the max abs error. The weights are the CPU twin's dequantised values,
 /// so the only differences are summation order and the f16 output rounding.

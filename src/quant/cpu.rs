@@ -319,7 +319,7 @@ impl Packed {
 }
 
 /// Worker threads for `n` values: one per core natively once the job is big enough to pay for them.
-fn threads_for(n: usize) -> usize {
+pub(crate) fn threads_for(n: usize) -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     if n >= 1 << 16 {
         return std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
@@ -448,20 +448,6 @@ mod tests {
         assert!(e.contains("row 299, column 3"), "{e}");
         assert!(Packed::quantize(QFormat { bits: 3, group: 32, zero: false }, 1, 32, &[0.0; 32]).is_err());
         assert!(Packed::concat(&[Packed::quantize(QFormat::q8(0), 1, 32, &[0.0; 32]).unwrap(), Packed::quantize(QFormat::q8(32), 1, 32, &[0.0; 32]).unwrap()]).is_err());
-    }
-
-    /// Quantisation speed: `cargo test --release --lib quant::cpu -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn quantisation_speed() {
-        let (rows, cols) = (5632, 2048);
-        let w = Rng::new(5).normals(rows * cols, 0.02);
-        for fmt in formats() {
-            let t = std::time::Instant::now();
-            Packed::quantize(fmt, rows, cols, &w).unwrap();
-            let s = t.elapsed().as_secs_f64();
-            println!("{fmt}: {:.0} M weights/s on {} threads", (rows * cols) as f64 / s / 1e6, threads_for(rows * cols));
-        }
     }
 
     #[test]

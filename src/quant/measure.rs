@@ -113,13 +113,6 @@ pub fn markdown(rows: &[Row]) -> String {
 mod tests {
     use super::*;
 
-    /// Prints the table for docs/QUANT.md: `cargo test --lib quant::measure -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn print_error_table() {
-        println!("{}", markdown(&error_table(512, 2048).unwrap()));
-    }
-
     #[test]
     fn finer_groups_and_more_bits_are_more_accurate() {
         let t = error_table(16, 512).unwrap();

@@ -11,7 +11,7 @@
 //! boundary. Scales live in their own array: f16 per group for the symmetric formats, an
 //! f16 (d, m) pair (one u32) per group with offsets.
 
-mod cpu;
+pub(crate) mod cpu;
 pub mod file;
 mod gpu;
 pub mod measure;

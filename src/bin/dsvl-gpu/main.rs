@@ -55,7 +55,7 @@ enum Cmd {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
-        /// Only op families whose name contains this (GEMM, GEMV, memory, attention).
+        /// Only op families whose name contains this (GEMM, GEMV, QGEMV, QGEMM, quantise, memory, attention).
         #[arg(long)]
         only: Option<String>,
     },
