@@ -67,11 +67,12 @@ pub fn variants() -> Vec<PipelineKey> {
     v
 }
 
-/// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4). 4 is the default, the
-/// faster on the H200 (bench/logs/h200-2026-11-29-c-coop-tune.log, where unrolling k two steps
-/// at a time changed nothing and was dropped); `DSVL_COOP_NT` overrides it for tuning.
-fn coop_nt() -> u32 {
-    std::env::var("DSVL_COOP_NT").ok().and_then(|v| v.parse().ok()).filter(|v| [2, 4].contains(v)).unwrap_or(4)
+/// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop
+/// iteration (1 or 2); `DSVL_COOP_NT` / `DSVL_COOP_KU` override the defaults (NT 4, KU 1: the
+/// fastest on the H200, bench/logs/h200-2026-11-29-c-coop-tune.log) for tuning.
+fn coop_tuning() -> (u32, u32) {
+    let env = |k: &str, ok: &[u32], d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d);
+    (env("DSVL_COOP_NT", &[2, 4], 4), env("DSVL_COOP_KU", &[1, 2], 1))
 }
 
 /// Whether the cooperative-matrix GEMM takes this product: tensor cores present, f16 x and W,
@@ -203,7 +204,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if coop {
-        PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_nt())])
+        PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
     } else {
         PipelineKey::new(GEMM, &flags, &[])
     };
@@ -229,7 +230,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
             let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
             [gx, gy, m as u32]
         } else if coop {
-            [(pn as u32).div_ceil(32 * coop_nt()), (m as u32).div_ceil(64), 1]
+            [(pn as u32).div_ceil(32 * coop_tuning().0), (m as u32).div_ceil(64), 1]
         } else {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
