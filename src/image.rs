@@ -50,6 +50,14 @@ impl ImageConfig {
         ImageConfig { size, mean, std: [0.5; 3], background: background_of(mean), order: ResizeOrder::Pillow13 }
     }
 
+    /// The processor of `cfg`'s checkpoint. Without `do_normalize` (the hybrid towers normalise
+    /// their own inputs) the values are x / 255, on the background of the configured mean.
+    pub fn for_model(cfg: &crate::model::config::ModelConfig) -> ImageConfig {
+        let v = &cfg.vision;
+        let (mean, std) = if cfg.do_normalize { (v.image_mean, v.image_std) } else { ([0.0; 3], [1.0; 3]) };
+        ImageConfig { size: cfg.image_size(), mean, std, background: background_of(v.image_mean), order: ResizeOrder::Pillow13 }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.size < MIN_SIZE || self.size > 8192 {
             return Err(Error::Invalid(format!("image size {} is outside {MIN_SIZE}..=8192", self.size)));

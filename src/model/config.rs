@@ -28,16 +28,54 @@ pub struct VisionConfig {
     pub heads: usize,
     pub mlp_dim: usize,
     pub eps: f64,
+    /// The processor's mean and std (`preprocessor_config.json`; for the hybrid tower, of the high-res image).
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// The tower's own `Normalize(pixel_mean, pixel_std)` of its input (the original
+    /// `CLIPVisionTower.image_norm`), when its params name one.
+    pub pixel_norm: Option<([f32; 3], [f32; 3])>,
 }
 
-/// The MLP aligner: `depth` linears with GELU between them.
+/// SAM-B, the high-resolution tower of the 7B hybrid encoder (`sam_b_downsample`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_dim: usize,
+    pub eps: f64,
+    /// Side of the attention windows; blocks listed in `global` attend over the whole grid.
+    pub window: usize,
+    pub global: Vec<usize>,
+    /// Channels of the neck (`out_chans`).
+    pub neck: usize,
+    /// Output channels of the stride-2 convs after the bilinear resize.
+    pub downsample: Vec<usize>,
+    pub pixel_norm: Option<([f32; 3], [f32; 3])>,
+}
+
+impl SamConfig {
+    /// Side of the patch grid.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Channels of the tower's output tokens.
+    pub fn out_dim(&self) -> usize {
+        self.downsample.last().copied().unwrap_or(self.neck)
+    }
+}
+
+/// The MLP aligner: `depth` linears with GELU between them. The hybrid one
+/// (`low_high_hybrid_split_mlp_gelu`) first projects each tower to n_embed/2 and concatenates
+/// (high | low); `depth - 1` GELU + Linear pairs follow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlignerConfig {
     pub input_dim: usize,
     pub n_embed: usize,
     pub depth: usize,
+    pub hybrid: bool,
 }
 
 /// The Llama-style decoder.
@@ -67,6 +105,17 @@ pub struct ModelConfig {
     pub num_image_tokens: usize,
     /// The image token id when the config names one (HF `image_token_id`); the tokenizer is authoritative.
     pub image_token_id: Option<u32>,
+    /// The hybrid tower's high-resolution SAM-B (7B); `vision` is then its low-resolution SigLIP.
+    pub sam: Option<SamConfig>,
+    /// The processor's `do_normalize`; the hybrid processors leave normalising to each tower.
+    pub do_normalize: bool,
+}
+
+impl ModelConfig {
+    /// Side of the square image the processor produces (the high-res one for the hybrid tower).
+    pub fn image_size(&self) -> usize {
+        self.sam.as_ref().map_or(self.vision.image_size, |s| s.image_size)
+    }
 }
 
 /// Upper bounds on sizes, far above any DeepSeek-VL model, so a hostile file cannot make us allocate.
@@ -220,32 +269,45 @@ impl ModelConfig {
         let root = Obj { file: CONFIG, path: String::new(), map: &map };
         let layout = match root.str("model_type")? {
             Some("multi_modality") => Layout::Original,
-            Some("deepseek_vl") => Layout::Hf,
-            Some("deepseek_vl_hybrid") => return Err(root.err("model_type", "deepseek_vl_hybrid (the 7B hybrid tower) is not supported yet")),
-            Some(other) => return Err(root.err("model_type", format!("`{other}` is not a DeepSeek-VL model (expected multi_modality or deepseek_vl)"))),
+            Some("deepseek_vl" | "deepseek_vl_hybrid") => Layout::Hf,
+            Some(other) => return Err(root.err("model_type", format!("`{other}` is not a DeepSeek-VL model (expected multi_modality, deepseek_vl or deepseek_vl_hybrid)"))),
             None if map.contains_key("language_config") => Layout::Original,
             None if map.contains_key("text_config") => Layout::Hf,
             None => return Err(root.err("model_type", "missing, and neither language_config nor text_config is present")),
         };
-        let (mut vision, aligner, llm, image_token_id) = match layout {
+        let (mut vision, aligner, llm, image_token_id, mut sam) = match layout {
             Layout::Original => original(&root)?,
             Layout::Hf => hf(&root)?,
         };
 
+        let mut do_normalize = true;
         if let Some(bytes) = preprocessor_json {
             let map = parse_object(PREPROCESSOR, bytes)?;
             let pre = Obj { file: PREPROCESSOR, path: String::new(), map: &map };
-            if let Some(m) = pre.triple("image_mean", false)? {
-                vision.image_mean = m;
+            if let Some(sam) = sam.as_mut().filter(|_| layout == Layout::Hf) {
+                hf_hybrid_processor(&pre, &mut vision, sam)?;
+            } else {
+                if let Some(m) = pre.triple("image_mean", false)? {
+                    vision.image_mean = m;
+                }
+                if let Some(s) = pre.triple("image_std", true)? {
+                    vision.image_std = s;
+                }
+                do_normalize = pre.bool("do_normalize")?.unwrap_or(true);
+                let (size, whose) = match &sam {
+                    Some(s) => (s.image_size, "high-res tower"),
+                    None => (vision.image_size, "vision tower"),
+                };
+                if let Some(got) = pre.size("image_size", MAX_IMAGE)?
+                    && got != size
+                {
+                    return Err(pre.err("image_size", format!("{got} disagrees with the {whose}'s image_size {size} in config.json")));
+                }
             }
-            if let Some(s) = pre.triple("image_std", true)? {
-                vision.image_std = s;
-            }
-            if let Some(size) = pre.size("image_size", MAX_IMAGE)?
-                && size != vision.image_size
-            {
-                return Err(pre.err("image_size", format!("{size} disagrees with the vision tower's image_size {} in config.json", vision.image_size)));
-            }
+        }
+        if layout == Layout::Hf && sam.is_some() {
+            // HF's hybrid processor normalises each resolution itself: the towers do it here.
+            do_normalize = false;
         }
 
         let grid = vision.image_size / vision.patch_size;
@@ -259,19 +321,203 @@ impl ModelConfig {
                 return Err(pro.err("num_image_tokens", format!("{n} disagrees with floor(image_size {} / patch_size {})^2 = {num_image_tokens}", vision.image_size, vision.patch_size)));
             }
         }
-        Ok(ModelConfig { layout, vision, aligner, llm, num_image_tokens, image_token_id })
+        Ok(ModelConfig { layout, vision, aligner, llm, num_image_tokens, image_token_id, sam, do_normalize })
     }
 }
 
-type Parts = (VisionConfig, AlignerConfig, LlmConfig, Option<u32>);
+type Parts = (VisionConfig, AlignerConfig, LlmConfig, Option<u32>, Option<SamConfig>);
 
 fn original(root: &Obj) -> Result<Parts> {
     let vc = root.need_child("vision_config")?;
-    match vc.str("cls")? {
-        None | Some("CLIPVisionTower") => {}
-        Some(other) => return Err(vc.err("cls", format!("`{other}` is not supported (only CLIPVisionTower)"))),
+    let (vision, sam) = match vc.str("cls")? {
+        None | Some("CLIPVisionTower") => (siglip_params(&vc.need_child("params")?)?, None),
+        Some("HybridVisionTower") => {
+            let vp = vc.need_child("params")?;
+            match vp.str("concat_type")? {
+                None | Some("tuple") => {}
+                Some(other) => return Err(vp.err("concat_type", format!("`{other}` is not supported (only tuple)"))),
+            }
+            let sam = sam_params(&vp.need_child("high_res_cfg")?)?;
+            (siglip_params(&vp.need_child("low_res_cfg")?)?, Some(sam))
+        }
+        Some(other) => return Err(vc.err("cls", format!("`{other}` is not supported (CLIPVisionTower or HybridVisionTower)"))),
+    };
+
+    let ac = root.need_child("aligner_config")?;
+    let ap = ac.need_child("params")?;
+    let (depth, hybrid) = match ap.str("projector_type")? {
+        Some("mlp_gelu") | None => (ap.size_or("depth", 64, 1)?, false),
+        Some("linear") => (1, false),
+        Some("low_high_hybrid_split_mlp_gelu") => (ap.size_or("depth", 64, 1)?, true),
+        Some(other) => return Err(ap.err("projector_type", format!("`{other}` is not supported (mlp_gelu, linear or low_high_hybrid_split_mlp_gelu)"))),
+    };
+    let aligner = AlignerConfig { input_dim: ap.need_size("input_dim", MAX_DIM)?, n_embed: ap.need_size("n_embed", MAX_DIM)?, depth, hybrid };
+    if aligner.input_dim != vision.width {
+        return Err(ap.err("input_dim", format!("{} disagrees with the vision width {}", aligner.input_dim, vision.width)));
     }
-    let vp = vc.need_child("params")?;
+    match (&sam, hybrid) {
+        (Some(s), true) if s.out_dim() != aligner.input_dim => {
+            return Err(ap.err("input_dim", format!("{} disagrees with the high-res tower's {} output channels", aligner.input_dim, s.out_dim())));
+        }
+        (Some(_), true) if aligner.n_embed % 2 != 0 => return Err(ap.err("n_embed", format!("{} is odd; the hybrid aligner splits it in halves", aligner.n_embed))),
+        (Some(_), false) => return Err(ap.err("projector_type", "the hybrid vision tower needs low_high_hybrid_split_mlp_gelu")),
+        (None, true) => return Err(ap.err("projector_type", "low_high_hybrid_split_mlp_gelu needs the HybridVisionTower")),
+        _ => {}
+    }
+    let lc = root.need_child("language_config")?;
+    let llm = llama(&lc, false)?;
+    if aligner.n_embed != llm.hidden {
+        return Err(ap.err("n_embed", format!("{} disagrees with language_config.hidden_size {}", aligner.n_embed, llm.hidden)));
+    }
+    Ok((vision, aligner, llm, None, sam))
+}
+
+/// `CLIPVisionTower`'s `Normalize(pixel_mean, pixel_std)`, when both are given.
+fn pixel_norm(p: &Obj) -> Result<Option<([f32; 3], [f32; 3])>> {
+    match (p.triple("pixel_mean", false)?, p.triple("pixel_std", true)?) {
+        (Some(m), Some(s)) => Ok(Some((m, s))),
+        (None, None) => Ok(None),
+        _ => Err(p.err("pixel_mean", "pixel_mean and pixel_std come together")),
+    }
+}
+
+/// One row of the original code's SAM table: width, depth, heads, global blocks, downsample channels.
+fn sam_table(model_name: &str) -> Option<(usize, usize, usize, &'static [usize], &'static [usize])> {
+    match model_name {
+        "sam_b_downsample" => Some((768, 12, 12, &[2, 5, 8, 11], &[512, 1024])),
+        _ => None,
+    }
+}
+
+/// A list of small non-negative integers (global_attn_indexes, downsample_channels).
+fn list(o: &Obj, key: &str, max: usize) -> Result<Option<Vec<usize>>> {
+    match o.map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.len() <= 64 && a.iter().all(|v| v.as_u64().is_some_and(|n| n <= max as u64)) => {
+            Ok(Some(a.iter().map(|v| v.as_u64().unwrap_or(0) as usize).collect()))
+        }
+        Some(v) => Err(o.err(key, format!("expected a list of integers up to {max}, got {v}"))),
+    }
+}
+
+/// `high_res_cfg` of the original hybrid tower: a row of the SAM table (test fixtures may
+/// override its values, as for SigLIP), 1024 px unless `image_size` says otherwise. The
+/// original builds every block and fixes the window (14), neck width (256) and MLP ratio (4).
+fn sam_params(p: &Obj) -> Result<SamConfig> {
+    let name = p.str("model_name")?.unwrap_or("");
+    let Some((width, layers, heads, global, down)) = sam_table(name) else {
+        return Err(p.err("model_name", format!("`{name}` is not supported (only sam_b_downsample)")));
+    };
+    let sam = SamConfig {
+        image_size: p.size_or("image_size", MAX_IMAGE, 1024)?,
+        patch_size: p.size_or("patch_size", MAX_IMAGE, 16)?,
+        width: p.size_or("width", MAX_DIM, width)?,
+        layers: p.size_or("layers", MAX_LAYERS, layers)?,
+        heads: p.size_or("heads", MAX_DIM, heads)?,
+        mlp_dim: 0,
+        eps: 1e-6,
+        window: p.size_or("window_size", MAX_IMAGE, 14)?,
+        global: list(p, "global_attn_indexes", MAX_LAYERS)?.unwrap_or(global.to_vec()),
+        neck: p.size_or("out_chans", MAX_DIM, 256)?,
+        downsample: list(p, "downsample_channels", MAX_DIM)?.unwrap_or(down.to_vec()),
+        pixel_norm: pixel_norm(p)?,
+    };
+    let ratio = p.float("mlp_ratio", 0.0, 1e3)?.unwrap_or(4.0);
+    sam_checked(p, sam, ratio)
+}
+
+/// Checks the SAM numbers together.
+fn sam_checked(o: &Obj, mut s: SamConfig, ratio: f64) -> Result<SamConfig> {
+    if s.patch_size > s.image_size {
+        return Err(o.err("patch_size", format!("{} exceeds image_size {}", s.patch_size, s.image_size)));
+    }
+    if s.width % s.heads != 0 {
+        return Err(o.err("heads", format!("{} heads do not divide width {}", s.heads, s.width)));
+    }
+    if let Some(&g) = s.global.iter().find(|&&g| g >= s.layers) {
+        return Err(o.err("global_attn_indexes", format!("block {g} does not exist in {} blocks", s.layers)));
+    }
+    if s.global.is_empty() {
+        return Err(o.err("global_attn_indexes", "no global block: the high-res path reads the first one"));
+    }
+    if s.downsample.iter().any(|&c| c == 0) || s.neck == 0 {
+        return Err(o.err("downsample_channels", "a conv with no channels"));
+    }
+    let mlp = (s.width as f64 * ratio).floor();
+    if !(1.0..=(MAX_DIM * 8) as f64).contains(&mlp) {
+        return Err(o.err("mlp_ratio", format!("gives an MLP width of {mlp}")));
+    }
+    if s.mlp_dim == 0 {
+        s.mlp_dim = mlp as usize;
+    }
+    Ok(s)
+}
+
+/// HF `high_res_vision_config` (`SamVisionConfig`; absent keys take its defaults).
+fn hf_sam(o: &Obj) -> Result<SamConfig> {
+    match o.str("model_type")? {
+        None | Some("sam_vision_model") => {}
+        Some(other) => return Err(o.err("model_type", format!("`{other}` is not supported (only sam_vision_model)"))),
+    }
+    for (key, want) in [("use_abs_pos", true), ("use_rel_pos", true), ("qkv_bias", true)] {
+        if o.bool(key)?.is_some_and(|b| b != want) {
+            return Err(o.err(key, format!("only {want} is supported")));
+        }
+    }
+    if let Some(act) = o.str("hidden_act")?
+        && act != "gelu"
+    {
+        return Err(o.err("hidden_act", format!("`{act}` is not supported (only gelu)")));
+    }
+    let width = o.size_or("hidden_size", MAX_DIM, 768)?;
+    let out = o.size_or("output_channels", MAX_DIM, 256)?;
+    let sam = SamConfig {
+        image_size: o.size_or("image_size", MAX_IMAGE, 1024)?,
+        patch_size: o.size_or("patch_size", MAX_IMAGE, 16)?,
+        width,
+        layers: o.size_or("num_hidden_layers", MAX_LAYERS, 12)?,
+        heads: o.size_or("num_attention_heads", MAX_DIM, 12)?,
+        mlp_dim: o.size("mlp_dim", MAX_DIM * 8)?.unwrap_or(0),
+        eps: o.float("layer_norm_eps", 0.0, 1.0)?.unwrap_or(1e-6),
+        window: o.size_or("window_size", MAX_IMAGE, 14)?,
+        global: list(o, "global_attn_indexes", MAX_LAYERS)?.unwrap_or(vec![2, 5, 8, 11]),
+        neck: out,
+        // DeepseekVLSamVisionProj: two stride-2 convs to 2x and 4x the neck's channels.
+        downsample: vec![2 * out, 4 * out],
+        pixel_norm: None,
+    };
+    let ratio = o.float("mlp_ratio", 0.0, 1e3)?.unwrap_or(4.0);
+    sam_checked(o, sam, ratio)
+}
+
+/// HF's hybrid processor: `high_res_size`, `high_res_image_mean/std` for SAM, `image_mean/std`
+/// for SigLIP. The original pipeline is kept (the low-res image is resized from the processed
+/// high-res one), with these numbers.
+fn hf_hybrid_processor(pre: &Obj, vision: &mut VisionConfig, sam: &mut SamConfig) -> Result<()> {
+    const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+    const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+    let high_mean = pre.triple("high_res_image_mean", false)?.unwrap_or(CLIP_MEAN);
+    let high_std = pre.triple("high_res_image_std", true)?.unwrap_or(CLIP_STD);
+    let low = (pre.triple("image_mean", false)?.unwrap_or([0.5; 3]), pre.triple("image_std", true)?.unwrap_or([0.5; 3]));
+    let normalize = pre.bool("do_normalize")?.unwrap_or(true);
+    vision.image_mean = high_mean;
+    vision.image_std = high_std;
+    sam.pixel_norm = normalize.then_some((high_mean, high_std));
+    vision.pixel_norm = normalize.then_some(low);
+    if let Some(hs) = pre.child("high_res_size")? {
+        let h = hs.need_size("height", MAX_IMAGE)?;
+        if hs.size("width", MAX_IMAGE)?.is_some_and(|w| w != h) {
+            return Err(hs.err("width", "the high-res image must be square"));
+        }
+        if h != sam.image_size {
+            return Err(hs.err("height", format!("{h} disagrees with high_res_vision_config.image_size {}", sam.image_size)));
+        }
+    }
+    Ok(())
+}
+
+/// A SigLIP tower's params (`vision_config.params`, or the hybrid's `low_res_cfg`).
+fn siglip_params(vp: &Obj) -> Result<VisionConfig> {
     let name = vp.str("model_name")?.unwrap_or("");
     let row = vision_table(name);
     let over = (vp.size("width", MAX_DIM)?, vp.size("layers", MAX_LAYERS)?, vp.size("heads", MAX_DIM)?, vp.float("mlp_ratio", 0.0, 1e3)?, vp.size("patch_size", MAX_IMAGE)?);
@@ -293,25 +539,9 @@ fn original(root: &Obj) -> Result<Parts> {
         return Err(vp.err("select_layer", format!("{select} leaves no block of {total}")));
     }
     let image_size = vp.size_or("image_size", MAX_IMAGE, 384)?;
-    let vision = vision_checked(&vp, image_size, patch, width, layers as usize, heads, ratio, 1e-6, ["image_size", "patch_size", "width", "heads", "mlp_ratio"])?;
-
-    let ac = root.need_child("aligner_config")?;
-    let ap = ac.need_child("params")?;
-    let depth = match ap.str("projector_type")? {
-        Some("mlp_gelu") | None => ap.size_or("depth", 64, 1)?,
-        Some("linear") => 1,
-        Some(other) => return Err(ap.err("projector_type", format!("`{other}` is not supported (mlp_gelu or linear)"))),
-    };
-    let aligner = AlignerConfig { input_dim: ap.need_size("input_dim", MAX_DIM)?, n_embed: ap.need_size("n_embed", MAX_DIM)?, depth };
-    if aligner.input_dim != vision.width {
-        return Err(ap.err("input_dim", format!("{} disagrees with the vision width {width}", aligner.input_dim)));
-    }
-    let lc = root.need_child("language_config")?;
-    let llm = llama(&lc, false)?;
-    if aligner.n_embed != llm.hidden {
-        return Err(ap.err("n_embed", format!("{} disagrees with language_config.hidden_size {}", aligner.n_embed, llm.hidden)));
-    }
-    Ok((vision, aligner, llm, None))
+    let mut vision = vision_checked(vp, image_size, patch, width, layers as usize, heads, ratio, 1e-6, ["image_size", "patch_size", "width", "heads", "mlp_ratio"])?;
+    vision.pixel_norm = pixel_norm(vp)?;
+    Ok(vision)
 }
 
 fn hf(root: &Obj) -> Result<Parts> {
@@ -335,7 +565,15 @@ fn hf(root: &Obj) -> Result<Parts> {
     let mut llm = llama(&tc, tie_default)?;
     // DeepseekVLConfig ties lm_head to the embeddings unless the top level says otherwise.
     llm.tie_embeddings |= tie_default;
-    let aligner = AlignerConfig { input_dim: vision.width, n_embed: llm.hidden, depth: 2 };
+    let sam = match root.child("high_res_vision_config")? {
+        Some(hc) => Some(hf_sam(&hc)?),
+        None if root.str("model_type")? == Some("deepseek_vl_hybrid") => return Err(root.err("high_res_vision_config", "missing")),
+        None => None,
+    };
+    if sam.is_some() && llm.hidden % 2 != 0 {
+        return Err(tc.err("hidden_size", format!("{} is odd; the hybrid aligner splits it in halves", llm.hidden)));
+    }
+    let aligner = AlignerConfig { input_dim: vision.width, n_embed: llm.hidden, depth: 2, hybrid: sam.is_some() };
     let image_token_id = match root.map.get("image_token_id") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -343,7 +581,7 @@ fn hf(root: &Obj) -> Result<Parts> {
             _ => return Err(root.err("image_token_id", format!("{v} is not a token id below vocab_size {}", llm.vocab))),
         },
     };
-    Ok((vision, aligner, llm, image_token_id))
+    Ok((vision, aligner, llm, image_token_id, sam))
 }
 
 /// Checks the vision numbers together; `keys` names (image_size, patch, width, heads, mlp) in this layout's terms.
@@ -361,7 +599,7 @@ fn vision_checked(o: &Obj, image_size: usize, patch: usize, width: usize, layers
     if !(1.0..=(MAX_DIM * 8) as f64).contains(&mlp) {
         return Err(o.err(keys[4], format!("gives an MLP width of {mlp}")));
     }
-    Ok(VisionConfig { image_size, patch_size: patch, width, layers, heads, mlp_dim: mlp as usize, eps, image_mean: [0.5; 3], image_std: [0.5; 3] })
+    Ok(VisionConfig { image_size, patch_size: patch, width, layers, heads, mlp_dim: mlp as usize, eps, image_mean: [0.5; 3], image_std: [0.5; 3], pixel_norm: None })
 }
 
 /// A LlamaConfig-style object (`language_config` or `text_config`); absent keys take LlamaConfig's defaults.

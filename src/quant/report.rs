@@ -37,7 +37,7 @@ pub struct Outcome {
 }
 
 async fn logits(gpu: &Gpu, model: &Model, image_token: u32, c: &Case) -> Result<Vec<f32>> {
-    let s = model.cfg.vision.image_size;
+    let s = model.cfg.image_size();
     let images = c.pixels.iter().map(|p| Tensor::from_f32(gpu, &[3, s, s], DType::F32, p)).collect::<Result<Vec<_>>>()?;
     model.prefill_logits(gpu, &c.ids, image_token, &images, LogitRows::Last).await
 }

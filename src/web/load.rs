@@ -85,8 +85,7 @@ async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_p
         }
     })
     .await?;
-    let v = &cfg.vision;
-    let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
+    let icfg = ImageConfig::for_model(&cfg);
     let model = Rc::new(Model::new(&gpu, cfg, weights, act)?);
     let inner = Inner { gpu, model, tok, icfg, quant, load_ms: now_ms() - t0, busy: Cell::new(false), chat: RefCell::new(None) };
     Ok(WebModel::new(Rc::new(inner)))

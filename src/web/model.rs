@@ -207,7 +207,7 @@ impl Inner {
             "memory": { "gpuLiveBytes": p.live_bytes, "gpuPeakBytes": p.peak_bytes, "gpuCachedBytes": p.cached_bytes },
             "model": {
                 "layout": format!("{:?}", cfg.layout), "layers": cfg.llm.layers, "hidden": cfg.llm.hidden, "vocab": cfg.llm.vocab,
-                "maxPositions": cfg.llm.max_positions, "imageSize": cfg.vision.image_size, "imageTokens": cfg.num_image_tokens,
+                "maxPositions": cfg.llm.max_positions, "imageSize": cfg.image_size(), "imageTokens": cfg.num_image_tokens,
             },
             "chatCachedTokens": self.chat.borrow().as_ref().map_or(0, |s| s.session.cached_tokens()),
             "loadMs": self.load_ms,

@@ -57,11 +57,10 @@ pub fn bench(gpu: &Gpu, a: BenchArgs) -> Result<()> {
     let loaded = load_model(gpu, &a.model, &a.quant, a.json)?;
     let load_s = t0.elapsed().as_secs_f64();
     let model = &loaded.model;
-    let v = &model.cfg.vision;
-    let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
+    let icfg = ImageConfig::for_model(&model.cfg);
     let img = match &a.image {
         Some(p) => decode_rgb(&std::fs::read(p)?, &DecodeLimits::default())?,
-        None => synthetic_image(v.image_size),
+        None => synthetic_image(model.cfg.image_size()),
     };
     let t1 = Instant::now();
     let pixels = pollster::block_on(preprocess(gpu, &icfg, &img))?;

@@ -101,8 +101,7 @@ fn cases(gpu: &Gpu, dir: &Path, cfg: &ModelConfig) -> Result<(Vec<Case>, u32)> {
         return Ok((out, meta["image_token_id"].as_u64().context("cases.json: image_token_id")? as u32));
     }
     let tok = PromptTokenizer::from_dir(dir)?;
-    let v = &cfg.vision;
-    let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
+    let icfg = ImageConfig::for_model(cfg);
     let img = decode_rgb(include_bytes!("../../../tests/fixtures/dsvl/images/big.png"), &DecodeLimits::default())?;
     let pixels = pollster::block_on(async { gpu.read_f32(&preprocess(gpu, &icfg, &img).await?).await })?;
     let mut out = Vec::new();

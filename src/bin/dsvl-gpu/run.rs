@@ -141,8 +141,7 @@ pub fn load_model(gpu: &Gpu, model_arg: &str, quant: &str, quiet: bool) -> Resul
 
 /// Decodes and preprocesses one image file for `model`.
 pub fn load_image(gpu: &Gpu, model: &Model, path: &Path) -> Result<dsvl_gpu::Tensor> {
-    let v = &model.cfg.vision;
-    let icfg = ImageConfig { size: v.image_size, mean: v.image_mean, std: v.image_std, ..ImageConfig::deepseek_vl(v.image_size) };
+    let icfg = ImageConfig::for_model(&model.cfg);
     let limits = DecodeLimits::default();
     let bytes = read_image_file(path, &limits).context("reading image")?;
     let img = decode_rgb(&bytes, &limits).with_context(|| format!("image {}", path.display()))?;

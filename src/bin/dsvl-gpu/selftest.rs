@@ -59,7 +59,7 @@ fn model_check(gpu: &Gpu, wdtype: DType, act: DType, tol: f64) -> Result<usize> 
     let cfg = ModelConfig::from_dir_files(CONFIG, Some(PREPROCESSOR), Some(PROCESSOR))?;
     let src = TensorSource::from_bytes(vec![("model.safetensors".into(), WEIGHTS.to_vec())])?;
     let weights = pollster::block_on(load_weights(gpu, &cfg, &src, wdtype, act, &mut |_, _| {}))?;
-    let s = cfg.vision.image_size;
+    let s = cfg.image_size();
     let model = Model::new(gpu, cfg, weights, act)?;
     let meta: serde_json::Value = serde_json::from_slice(CASES)?;
     let image_token = meta["image_token_id"].as_u64().context("cases.json: image_token_id")? as u32;
