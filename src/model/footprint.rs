@@ -2,7 +2,7 @@
 //! from its config alone (before anything is downloaded), and the formats each part holds.
 
 use super::config::ModelConfig;
-use super::weights::{plan_with, pos_name, Weights};
+use super::weights::{plan_with, Weights};
 use crate::gpu::{DType, Tensor};
 use crate::quant::{Format, Part, Recipe, Weight};
 
@@ -22,7 +22,13 @@ impl Weights {
         for b in &self.vision.blocks {
             v.extend([&b.qkv, &b.proj, &b.fc1, &b.fc2].map(|l| (Part::Vision, &l.w)));
         }
-        v.extend(self.aligner.layers.iter().map(|l| (Part::Aligner, &l.w)));
+        if let Some(s) = &self.sam {
+            v.push((Part::Vision, &s.patch.w));
+            for b in &s.blocks {
+                v.extend([&b.qkv, &b.proj, &b.lin1, &b.lin2].map(|l| (Part::Vision, &l.w)));
+            }
+        }
+        v.extend(self.aligner.hybrid.iter().flat_map(|(h, l)| [h, l]).chain(&self.aligner.layers).map(|l| (Part::Aligner, &l.w)));
         v.push((Part::Embed, &self.llm.embed));
         for l in &self.llm.layers {
             v.extend([&l.qkv, &l.o, &l.gate_up, &l.down].map(|l| (Part::Llm, &l.w)));
@@ -41,7 +47,19 @@ impl Weights {
         for l in &llm.layers {
             vectors.extend([&l.input_norm, &l.post_norm]);
         }
-        let linears = vis.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]).chain([&vis.patch]).chain(&self.aligner.layers);
+        if let Some(s) = &self.sam {
+            vectors.push(&s.pos_embed);
+            for b in &s.blocks {
+                vectors.extend([&b.norm1_w, &b.norm1_b, &b.norm2_w, &b.norm2_b, &b.rel_h, &b.rel_w]);
+            }
+            for n in std::iter::once(&s.neck).chain(&s.neck_hd) {
+                vectors.extend([&n.conv1, &n.ln1_w, &n.ln1_b, &n.conv2, &n.ln2_w, &n.ln2_b]);
+            }
+            vectors.extend(&s.downsample);
+        }
+        let sam_linears = self.sam.iter().flat_map(|s| s.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.lin1, &b.lin2]).chain([&s.patch]));
+        let aligner = self.aligner.hybrid.iter().flat_map(|(h, l)| [h, l]).chain(&self.aligner.layers);
+        let linears = vis.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]).chain([&vis.patch]).chain(aligner).chain(sam_linears);
         vectors.extend(linears.filter_map(|l| l.b.as_ref()));
         let mut s = WeightStats::default();
         for t in vectors {
@@ -75,7 +93,6 @@ impl Weights {
 /// table), computed from the shapes alone: what a checkpoint would take before it is downloaded.
 pub fn estimate(cfg: &ModelConfig, recipe: &Recipe, act: DType) -> WeightStats {
     let mut s = WeightStats::default();
-    let pos = pos_name(cfg);
     for item in plan_with(cfg, !cfg.llm.tie_embeddings) {
         let count = item.shape.iter().product::<usize>();
         s.params += count as u64;
@@ -84,7 +101,7 @@ pub fn estimate(cfg: &ModelConfig, recipe: &Recipe, act: DType) -> WeightStats {
                 Format::Q(q) => q.layout(cols).bytes(rows),
                 f => count * f.dense().map_or(4, DType::size),
             },
-            None if item.name == pos => count * act.size(),
+            None if item.act => count * act.size(),
             None => count * 4,
         } as u64;
     }

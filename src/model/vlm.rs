@@ -3,6 +3,7 @@
 
 use super::config::ModelConfig;
 use super::llama::{max_pass_rows, record_decoder, KvCache, LlmConsts, LogitRows};
+use super::sam::{record_hybrid, record_pixel_norm};
 use super::siglip::{record_aligner, record_tower};
 use super::weights::Weights;
 use crate::error::{Error, Result};
@@ -38,12 +39,18 @@ impl Model {
         let rows = Tensor::empty(rec.gpu, &[images.len() * n, self.cfg.aligner.n_embed], self.act)?;
         let seq = Tensor::from_u32(rec.gpu, &[2], &[0, n as u32])?;
         for (i, px) in images.iter().enumerate() {
-            let s = self.cfg.vision.image_size;
+            let s = self.cfg.image_size();
             if px.shape() != [3, s, s] || px.dtype() != DType::F32 {
                 return Err(Error::Shape { op: "vision", detail: format!("pixels {:?} {}, expected [3, {s}, {s}] f32", px.shape(), px.dtype()) });
             }
-            let tokens = record_tower(rec, &self.cfg, &self.weights.vision, px, self.act, &seq)?;
-            record_aligner(rec, &self.weights.aligner, &tokens, self.act, &Rows::all(&rows).rows(i * n, n))?;
+            let out = Rows::all(&rows).rows(i * n, n);
+            if self.cfg.sam.is_some() {
+                record_hybrid(rec, &self.cfg, &self.weights, px, self.act, &seq, &out)?;
+                continue;
+            }
+            let px = record_pixel_norm(rec, px, self.cfg.vision.pixel_norm)?;
+            let tokens = record_tower(rec, &self.cfg, &self.weights.vision, &px, self.act, &seq)?;
+            record_aligner(rec, &self.weights.aligner, &tokens, self.act, &out)?;
         }
         Ok(Some(rows))
     }

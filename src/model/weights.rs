@@ -49,7 +49,10 @@ pub struct VisionWeights {
 }
 
 pub struct AlignerWeights {
-    /// `depth` linears; GELU between consecutive ones.
+    /// The hybrid aligner's (high_up_proj, low_up_proj): each tower to n_embed/2, concatenated.
+    pub hybrid: Option<(Linear, Linear)>,
+    /// The linears after the input (all `depth` of them without `hybrid`); GELU before each
+    /// but the first of a plain aligner.
     pub layers: Vec<Linear>,
 }
 
@@ -74,21 +77,30 @@ pub struct LlmWeights {
 }
 
 pub struct Weights {
+    /// SigLIP (the low-res tower of the hybrid).
     pub vision: VisionWeights,
+    /// The hybrid's high-res SAM-B tower.
+    pub sam: Option<super::sam_weights::SamWeights>,
     pub aligner: AlignerWeights,
     pub llm: LlmWeights,
 }
 
 /// The tensor names of one layout.
-struct Names {
-    layout: Layout,
+pub(super) struct Names {
+    pub(super) layout: Layout,
+    /// The hybrid checkpoint: SigLIP is its low-res tower, the aligner splits.
+    pub(super) hybrid: bool,
 }
 
 impl Names {
+    pub(super) fn of(cfg: &ModelConfig) -> Names {
+        Names { layout: cfg.layout, hybrid: cfg.sam.is_some() }
+    }
     fn vis(&self, rest: &str) -> String {
-        match self.layout {
-            Layout::Original => format!("vision_model.vision_tower.{rest}"),
-            Layout::Hf => format!("model.vision_model.vision_model.{rest}"),
+        match (self.layout, self.hybrid) {
+            (Layout::Original, false) => format!("vision_model.vision_tower.{rest}"),
+            (Layout::Original, true) => format!("vision_model.vision_tower_low.vision_tower.{rest}"),
+            (Layout::Hf, _) => format!("model.vision_model.vision_model.{rest}"),
         }
     }
     fn patch(&self, wb: &str) -> String {
@@ -127,11 +139,24 @@ impl Names {
             Layout::Hf => format!("post_layernorm.{wb}"),
         })
     }
+    /// Linear `i` of a plain aligner, or the `i`-th after the inputs of the hybrid one.
     fn aligner(&self, i: usize, depth: usize, wb: &str) -> String {
-        match self.layout {
-            Layout::Original if depth == 1 => format!("aligner.layers.{wb}"),
-            Layout::Original => format!("aligner.layers.{}.{wb}", 2 * i),
-            Layout::Hf => format!("model.aligner.linear{}.{wb}", i + 1),
+        match (self.layout, self.hybrid) {
+            (Layout::Original, false) if depth == 1 => format!("aligner.layers.{wb}"),
+            (Layout::Original, false) => format!("aligner.layers.{}.{wb}", 2 * i),
+            // Sequential(GELU, Linear, GELU, Linear, ...) after the concatenation.
+            (Layout::Original, true) => format!("aligner.layers.{}.{wb}", 2 * i + 1),
+            (Layout::Hf, false) => format!("model.aligner.linear{}.{wb}", i + 1),
+            (Layout::Hf, true) => format!("model.aligner.proj.{wb}"),
+        }
+    }
+    /// The hybrid aligner's input projection of the high-res (SAM) or low-res (SigLIP) tower.
+    fn aligner_in(&self, high: bool, wb: &str) -> String {
+        match (self.layout, high) {
+            (Layout::Original, true) => format!("aligner.high_up_proj.{wb}"),
+            (Layout::Original, false) => format!("aligner.low_up_proj.{wb}"),
+            (Layout::Hf, true) => format!("model.aligner.high_res_vision_proj.{wb}"),
+            (Layout::Hf, false) => format!("model.aligner.vision_proj.{wb}"),
         }
     }
     fn llm(&self, rest: &str) -> String {
@@ -155,29 +180,30 @@ pub struct Planned {
     pub name: String,
     pub shape: Vec<usize>,
     pub matrix: Option<(Part, usize, usize)>,
+    /// Held on the GPU in the activation dtype (position and relative-position tables, convs);
+    /// other non-matrix tensors are f32.
+    pub act: bool,
 }
 
 /// Every tensor the graph reads, with its expected shape, in load order.
 pub fn plan(cfg: &ModelConfig, src: &TensorSource) -> Vec<Planned> {
-    plan_with(cfg, file::has(src, &Names { layout: cfg.layout }.lm_head()))
-}
-
-/// The position table's name in `cfg`'s layout (its dtype is the activations').
-pub(crate) fn pos_name(cfg: &ModelConfig) -> String {
-    Names { layout: cfg.layout }.pos()
+    plan_with(cfg, file::has(src, &Names::of(cfg).lm_head()))
 }
 
 pub(crate) fn plan_with(cfg: &ModelConfig, lm_head_present: bool) -> Vec<Planned> {
-    let n = Names { layout: cfg.layout };
+    let n = Names::of(cfg);
     let (v, a, l) = (&cfg.vision, &cfg.aligner, &cfg.llm);
     let (w, p, t) = (v.width, v.patch_size, cfg.num_image_tokens);
     let mut out = Vec::new();
-    let vector = |out: &mut Vec<Planned>, name: String, shape: Vec<usize>| out.push(Planned { name, shape, matrix: None });
-    let matrix = |out: &mut Vec<Planned>, name: String, part: Part, rows: usize, cols: usize| out.push(Planned { name, shape: vec![rows, cols], matrix: Some((part, rows, cols)) });
+    let vector = |out: &mut Vec<Planned>, name: String, shape: Vec<usize>| out.push(Planned { name, shape, matrix: None, act: false });
+    let matrix = |out: &mut Vec<Planned>, name: String, part: Part, rows: usize, cols: usize| out.push(Planned { name, shape: vec![rows, cols], matrix: Some((part, rows, cols)), act: false });
+    if let Some(sam) = &cfg.sam {
+        super::sam_weights::plan(cfg.layout, sam, &mut out);
+    }
     // The patch conv [w, 3, p, p] is a [w, 3*p*p] matrix.
-    out.push(Planned { name: n.patch("weight"), shape: vec![w, 3, p, p], matrix: Some((Part::Vision, w, 3 * p * p)) });
+    out.push(Planned { name: n.patch("weight"), shape: vec![w, 3, p, p], matrix: Some((Part::Vision, w, 3 * p * p)), act: false });
     vector(&mut out, n.patch("bias"), vec![w]);
-    vector(&mut out, n.pos(), if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] });
+    out.push(Planned { name: n.pos(), shape: if cfg.layout == Layout::Original { vec![1, t, w] } else { vec![t, w] }, matrix: None, act: true });
     for i in 0..v.layers {
         for norm in ["norm1", "norm2"] {
             vector(&mut out, n.block(i, norm, "weight"), vec![w]);
@@ -202,8 +228,11 @@ pub(crate) fn plan_with(cfg: &ModelConfig, lm_head_present: bool) -> Vec<Planned
     }
     vector(&mut out, n.vis_norm("weight"), vec![w]);
     vector(&mut out, n.vis_norm("bias"), vec![w]);
-    for i in 0..a.depth {
-        let inp = if i == 0 { a.input_dim } else { a.n_embed };
+    for (high, dim) in hybrid_inputs(cfg) {
+        matrix(&mut out, n.aligner_in(high, "weight"), Part::Aligner, a.n_embed / 2, dim);
+        vector(&mut out, n.aligner_in(high, "bias"), vec![a.n_embed / 2]);
+    }
+    for (i, inp) in aligner_inputs(cfg).into_iter().enumerate() {
         matrix(&mut out, n.aligner(i, a.depth, "weight"), Part::Aligner, a.n_embed, inp);
         vector(&mut out, n.aligner(i, a.depth, "bias"), vec![a.n_embed]);
     }
@@ -229,22 +258,40 @@ pub(crate) fn plan_with(cfg: &ModelConfig, lm_head_present: bool) -> Vec<Planned
     out
 }
 
-struct Loader<'a> {
-    gpu: &'a Gpu,
+/// (high-res?, input width) of the hybrid aligner's two input projections, high first.
+fn hybrid_inputs(cfg: &ModelConfig) -> Vec<(bool, usize)> {
+    match &cfg.sam {
+        Some(s) if cfg.aligner.hybrid => vec![(true, s.out_dim()), (false, cfg.vision.width)],
+        _ => Vec::new(),
+    }
+}
+
+/// Input widths of the aligner's linears after any hybrid input projections.
+fn aligner_inputs(cfg: &ModelConfig) -> Vec<usize> {
+    let a = &cfg.aligner;
+    if a.hybrid {
+        vec![a.n_embed; a.depth - 1]
+    } else {
+        (0..a.depth).map(|i| if i == 0 { a.input_dim } else { a.n_embed }).collect()
+    }
+}
+
+pub(super) struct Loader<'a> {
+    pub(super) gpu: &'a Gpu,
     src: &'a TensorSource,
-    recipe: &'a Recipe,
-    act: DType,
+    pub(super) recipe: &'a Recipe,
+    pub(super) act: DType,
     done: u64,
     total: u64,
     progress: &'a mut dyn FnMut(u64, u64),
 }
 
-fn weight_err(file: &str, tensor: &str, message: impl Into<String>) -> Error {
+pub(super) fn weight_err(file: &str, tensor: &str, message: impl Into<String>) -> Error {
     Error::Weight { file: file.to_string(), tensor: tensor.to_string(), message: message.into() }
 }
 
 /// GPU limit and memory errors name the tensor that hit them.
-fn named(e: Error, file: &str, tensor: &str) -> Error {
+pub(super) fn named(e: Error, file: &str, tensor: &str) -> Error {
     let at = |what: String| format!("{what} of tensor `{tensor}` in {file}");
     match e {
         Error::BindingLimit { op, what, needed, limit } => Error::BindingLimit { op, what: at(what), needed, limit },
@@ -255,7 +302,7 @@ fn named(e: Error, file: &str, tensor: &str) -> Error {
 }
 
 /// Host decode of a small tensor (norms, biases, positions) to f32.
-fn decode(t: &TensorInfo, bytes: &[u8], file: &str) -> Result<Vec<f32>> {
+pub(super) fn decode(t: &TensorInfo, bytes: &[u8], file: &str) -> Result<Vec<f32>> {
     let mut out = vec![0f32; t.numel()];
     file::decode_into(t.dtype, bytes, &mut out).map_err(|e| weight_err(file, &t.name, e.to_string()))?;
     Ok(out)
@@ -263,7 +310,7 @@ fn decode(t: &TensorInfo, bytes: &[u8], file: &str) -> Result<Vec<f32>> {
 
 impl<'a> Loader<'a> {
     /// The tensor's entry, checked against the shape `plan` expects (already validated; re-checked cheaply).
-    fn info(&self, name: &str, shape: &[usize]) -> Result<(&'a TensorInfo, &'a str)> {
+    pub(super) fn info(&self, name: &str, shape: &[usize]) -> Result<(&'a TensorInfo, &'a str)> {
         let (t, file) = self.src.need_info(name)?;
         if t.shape != shape {
             return Err(weight_err(file, name, format!("shape {:?}, expected {shape:?}", t.shape)));
@@ -272,19 +319,19 @@ impl<'a> Loader<'a> {
     }
 
     /// The tensor and its bytes (borrowed from memory or fetched).
-    async fn get(&self, name: &str, shape: &[usize]) -> Result<(&'a TensorInfo, Cow<'a, [u8]>, &'a str)> {
+    pub(super) async fn get(&self, name: &str, shape: &[usize]) -> Result<(&'a TensorInfo, Cow<'a, [u8]>, &'a str)> {
         let (t, file) = self.info(name, shape)?;
         let bytes = self.src.read(name, 0..t.range.len()).await?;
         Ok((t, bytes, file))
     }
 
-    fn tick(&mut self, bytes: usize) {
+    pub(super) fn tick(&mut self, bytes: usize) {
         self.done += bytes as u64;
         (self.progress)(self.done, self.total);
     }
 
     /// A 1-D tensor (norm weight, bias) as f32.
-    async fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
+    pub(super) async fn vector(&mut self, name: &str, n: usize) -> Result<Tensor> {
         let (t, bytes, file) = self.get(name, &[n]).await?;
         let data = decode(t, &bytes, file)?;
         let len = bytes.len();
@@ -297,7 +344,7 @@ impl<'a> Loader<'a> {
     /// format: converted on the GPU when dense (fetched in row chunks where the source is
     /// remote), quantised on the CPU when not. A weight the checkpoint holds quantised is
     /// uploaded as it is, whatever the recipe says.
-    async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize, part: Part) -> Result<Weight> {
+    pub(super) async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize, part: Part) -> Result<Weight> {
         if file::is_quantised(self.src, name) {
             let p = file::read_quantised(self.src, name, rows, cols).await?;
             let w = QMatrix::upload(self.gpu, &p)?;
@@ -334,7 +381,7 @@ impl<'a> Loader<'a> {
         Ok(Weight::Dense(out))
     }
 
-    async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize, part: Part) -> Result<Linear> {
+    pub(super) async fn linear(&mut self, w: &str, b: Option<&str>, out: usize, inp: usize, part: Part) -> Result<Linear> {
         let w = self.matrix(w, &[out, inp], out, inp, part).await?;
         let b = match b {
             Some(b) => Some(self.vector(b, out).await?),
@@ -468,8 +515,12 @@ pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSourc
         total += t.range.len() as u64;
     }
     let mut ld = Loader { gpu, src: files, recipe, act, done: 0, total, progress };
-    let n = Names { layout: cfg.layout };
+    let n = Names::of(cfg);
     let (vc, ac, lc) = (&cfg.vision, &cfg.aligner, &cfg.llm);
+    let sam = match &cfg.sam {
+        Some(s) => Some(super::sam_weights::load(&mut ld, cfg.layout, s).await?),
+        None => None,
+    };
     let (w, p, t) = (vc.width, vc.patch_size, cfg.num_image_tokens);
 
     // Vision tower. The conv weight [w, 3, p, p] is already [w, 3*p*p] in (c, ky, kx) order.
@@ -498,12 +549,19 @@ pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSourc
     let norm_b = ld.vector(&n.vis_norm("bias"), w).await?;
     let vision = VisionWeights { patch, pos_embed, blocks, norm_w, norm_b };
 
+    let mut inputs = Vec::new();
+    for (high, dim) in hybrid_inputs(cfg) {
+        inputs.push(ld.linear(&n.aligner_in(high, "weight"), Some(&n.aligner_in(high, "bias")), ac.n_embed / 2, dim, Part::Aligner).await?);
+    }
+    let hybrid = match <[Linear; 2]>::try_from(inputs) {
+        Ok([high, low]) => Some((high, low)),
+        Err(_) => None,
+    };
     let mut layers = Vec::with_capacity(ac.depth);
-    for i in 0..ac.depth {
-        let inp = if i == 0 { ac.input_dim } else { ac.n_embed };
+    for (i, inp) in aligner_inputs(cfg).into_iter().enumerate() {
         layers.push(ld.linear(&n.aligner(i, ac.depth, "weight"), Some(&n.aligner(i, ac.depth, "bias")), ac.n_embed, inp, Part::Aligner).await?);
     }
-    let aligner = AlignerWeights { layers };
+    let aligner = AlignerWeights { hybrid, layers };
 
     let (h, q, kv) = (lc.hidden, lc.heads * lc.head_dim, lc.kv_heads * lc.head_dim);
     let embed_name = n.llm("embed_tokens.weight");
@@ -530,5 +588,5 @@ pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSourc
         ld.matrix(&embed_name, &[lc.vocab, h], lc.vocab, h, Part::LmHead).await?
     };
     let llm = LlmWeights { embed, layers, norm, lm_head };
-    Ok(Weights { vision, aligner, llm })
+    Ok(Weights { vision, sam, aligner, llm })
 }
