@@ -18,7 +18,16 @@ fn dsvl(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn run_matches_hf_from_the_image_file() {
-    let fx = "tests/fixtures/dsvl/tiny-orig";
+    run_matches_hf("tests/fixtures/dsvl/tiny-orig");
+}
+
+/// The 7B hybrid encoder: processing at the high resolution, the low-res copy resized on the GPU.
+#[test]
+fn run_hybrid_matches_hf_from_the_image_file() {
+    run_matches_hf("tests/fixtures/dsvl/tiny-hybrid-orig");
+}
+
+fn run_matches_hf(fx: &str) {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join(fx).join("cases.json")).unwrap()).unwrap();
     let case = meta["cases"].as_array().unwrap().iter().find(|c| c["name"] == "one_image").unwrap();
     let dump = std::env::temp_dir().join(format!("dsvl-cli-logits-{}.npy", std::process::id()));

@@ -112,6 +112,21 @@ fn tiny_hf_layout_matches_hf() {
 }
 
 #[test]
+fn tiny_hybrid_original_layout_matches_hf() {
+    run_fixture("tiny-hybrid-orig");
+}
+
+#[test]
+fn tiny_hybrid_hf_layout_matches_hf() {
+    run_fixture("tiny-hybrid-hf");
+}
+
+#[test]
+fn hybrid_f16_stays_close() {
+    run_fixture_as("tiny-hybrid-orig", DType::F16, 2e-2);
+}
+
+#[test]
 fn real_vocabulary_fixture_matches_hf() {
     run_fixture("vocab-orig");
 }
