@@ -334,6 +334,27 @@ async function main() {
       assert(err <= TOL, `rel L2 ${err.toExponential(2)} > ${TOL}`);
       return `one_image rel L2 ${err.toExponential(2)}`;
     });
+
+    await step('7B hybrid tower (SAM-B + SigLIP) fixture: f32 and int4 at load', async () => {
+      const hy = fixture('tiny-hybrid-orig');
+      const r = await ev(async ({ base, image }) => {
+        const out = {};
+        for (const quant of ['f32', 'q4']) {
+          const m = await window.Dsvl.load(base, { quant, cache: false });
+          const l = await m.logits({ prompt: 'Describe this image.', images: [image] });
+          const i = await m.info();
+          await m.dispose();
+          out[quant] = { l: Array.from(l), weights: i.weights };
+        }
+        return out;
+      }, { base: `${server.url}/fixtures/tiny-hybrid-orig/`, image: img('wide.png') });
+      const want = npy('tiny-hybrid-orig', caseOf(hy, 'one_image').logits_last);
+      const err = relL2(Float32Array.from(r.f32.l), want);
+      const c4 = cosine(r.q4.l, want);
+      assert(err <= TOL, `f32: rel L2 ${err.toExponential(2)} > ${TOL}`);
+      assert(/q4/.test(r.q4.weights) && c4 >= 0.98, `q4 (${r.q4.weights}): cosine ${c4}`);
+      return `f32 one_image rel L2 ${err.toExponential(2)}; q4 at load cosine ${c4.toFixed(5)}`;
+    });
   } catch (e) {
     if (!String(e.message).includes('the remaining steps need it')) {
       failed++;
