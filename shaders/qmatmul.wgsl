@@ -68,11 +68,11 @@ fn scale_of(n: u32, g: u32) -> vec2<f32> {
 }
 
 
-// ---- qgemv: row m = workgroup z; 8 groups of 32 lanes, CPG output rows per group ----
+// ---- qgemv: row m = workgroup z; 8 groups of 32 lanes, CPG (1, 2, 4) output rows per group ----
 // Lane l takes 32-column chunks l, l + 32, ...: one 16-byte load of int4 codes (two of int8)
 // per row, the chunk of x loaded once for the CPG rows. A chunk lies in one group (groups are
 // multiples of 32), so it needs one scale.
-const CPG: u32 = 4u;
+override CPG: u32 = 4u;
 var<workgroup> partial: array<vec4<f32>, 256>;
 
 struct X32 {
@@ -147,7 +147,10 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     var s = vec4<f32>(0.0);
     for (var c = lane; c < chunks; c += 32u) {
         let xc = load_x(xrow, c * 32u);
-        s += vec4<f32>(dot_chunk(xc, n.x, c), dot_chunk(xc, n.y, c), dot_chunk(xc, n.z, c), dot_chunk(xc, n.w, c));
+        var d = vec4<f32>(dot_chunk(xc, n.x, c), 0.0, 0.0, 0.0);
+        if (CPG > 1u) { d.y = dot_chunk(xc, n.y, c); }
+        if (CPG > 2u) { d.z = dot_chunk(xc, n.z, c); d.w = dot_chunk(xc, n.w, c); }
+        s += d;
     }
 #ifdef SUBGROUPS
     let total = subgroupAdd(s);

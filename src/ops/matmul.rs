@@ -89,13 +89,18 @@ fn coop_fits(gpu: &Gpu, x: &Rows, w: &RowSplit, m: usize, k: usize) -> bool {
         && w.parts.iter().all(|(_, t)| t.shape()[0] >= 16)
 }
 
-/// GEMV columns per 32-lane group (1, 2 or 4) and k-chunks per step (1, 2 or 4). Defaults
-/// measured on the H200 (docs/PERFORMANCE.md); `DSVL_GEMV_CPG` / `DSVL_GEMV_UNROLL` override
-/// them for tuning on other adapters.
-fn gemv_tuning() -> (u32, u32) {
-    let env = |k: &str, ok: &[u32], d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d);
-    (env("DSVL_GEMV_CPG", &[1, 2, 4], 4), env("DSVL_GEMV_UNROLL", &[1, 2, 4], 1))
+/// GEMV columns per 32-lane group (1, 2 or 4) for `n` output columns, and k-chunks per step
+/// (1, 2 or 4). Columns per group: the most that still gives `GEMV_MIN_GROUPS` workgroups, so
+/// narrow products (2048 outputs: 64 workgroups at 4 per group) do not leave most of a large
+/// GPU idle. `DSVL_GEMV_CPG` / `DSVL_GEMV_UNROLL` override them for tuning.
+pub(crate) fn gemv_tuning(n: usize) -> (u32, u32) {
+    let env = |k: &str, ok: &[u32]| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v));
+    let cpg = env("DSVL_GEMV_CPG", &[1, 2, 4]).unwrap_or_else(|| [4, 2].into_iter().find(|&c| n.div_ceil(8 * c as usize) >= GEMV_MIN_GROUPS).unwrap_or(1));
+    (cpg, env("DSVL_GEMV_UNROLL", &[1, 2, 4]).unwrap_or(1))
 }
+
+/// Workgroups a GEMV should have at least (two per SM of a large GPU).
+const GEMV_MIN_GROUPS: usize = 256;
 
 /// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K] dense (`RowSplit`) or quantised
 /// (`QMatrix`, see `ops::qmatmul`), or a `Weight` holding either; y: [M, N] view.
@@ -191,7 +196,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         flags.push("SUBGROUPS");
     }
-    let tuning = gemv_tuning();
+    let tuning = gemv_tuning(w.rows);
     let coop = !gemv && coop_fits(rec.gpu, x, w, m, k);
     if norm.is_some() {
         if !flags.contains(&"VEC") {
@@ -316,6 +321,8 @@ fn cases() -> Vec<Case> {
         c(1, 64, 33, true, Act::None, false, usize::MAX),        // GEMV, 16-byte loads
         c(3, 33, 7, true, Act::GeluErf, false, usize::MAX),      // GEMV, scalar path
         c(8, 5632, 9, false, Act::None, true, usize::MAX),       // GEMV, long K, residual
+        c(1, 16, 4096, true, Act::None, false, usize::MAX),      // GEMV, 2 columns per group
+        c(2, 16, 8200, false, Act::None, true, usize::MAX),      // GEMV, 4 per group, a ragged end
         c(9, 40, 17, true, Act::GeluTanh, false, usize::MAX),    // GEMM, smallest
         c(33, 64, 130, true, Act::None, true, usize::MAX),       // GEMM, N over one tile
         c(577, 24, 129, false, Act::GeluErf, false, usize::MAX), // GEMM, vision-like rows
@@ -388,7 +395,8 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
     let eps = 1e-6f32;
     for act_dt in check::act_dtypes(gpu) {
         for w_dt in [DType::F32, DType::F16] {
-            for (m, k, n, residual) in [(1, 64, 40, false), (3, 2048, 33, true), (12, 64, 20, true)] {
+            // Output widths giving 1, 2 and 4 columns per GEMV group.
+            for (m, k, n, residual) in [(1, 64, 40, false), (3, 2048, 33, true), (12, 64, 20, true), (1, 16, 4100, false), (2, 16, 8200, true)] {
                 let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
                 let g = rng.normals(k, 1.0);
                 let w = check::round_to(w_dt, &rng.normals(n * k, (1.0 / k as f32).sqrt()));

@@ -25,8 +25,6 @@ const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind
 const QGEMM: Kernel = Kernel { shader: "qmatmul", entry: "qgemm", binds: BINDS };
 const QGEMV: Kernel = Kernel { shader: "qmatmul", entry: "qgemv", binds: BINDS };
 const QGATHER: Kernel = Kernel { shader: "qembed", entry: "qgather", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite] };
-/// Output rows per qgemv workgroup (8 groups of 32 lanes, 4 rows each).
-const GEMV_ROWS: u32 = 32;
 
 fn format_flags(f: QFormat) -> &'static [&'static str] {
     match (f.bits, f.zero) {
@@ -66,7 +64,8 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         flags.push("SUBGROUPS");
     }
-    let key = PipelineKey::new(if gemv { QGEMV } else { QGEMM }, &flags, &[]);
+    let cpg = super::matmul::gemv_tuning(w.rows).0;
+    let key = if gemv { PipelineKey::new(QGEMV, &flags, &[("CPG", cpg)]) } else { PipelineKey::new(QGEMM, &flags, &[]) };
     let (ep_flags, act) = epilogue_params(&ep);
     let l = &w.layout;
     for part in &w.parts {
@@ -89,7 +88,7 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
             ..Default::default()
         };
         let wg = if gemv {
-            let [gx, gy, _] = grid((part.rows as u32).div_ceil(GEMV_ROWS), caps.max_workgroups_per_dim);
+            let [gx, gy, _] = grid((part.rows as u32).div_ceil(8 * cpg), caps.max_workgroups_per_dim);
             [gx, gy, m as u32]
         } else {
             [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
@@ -167,6 +166,8 @@ async fn check_qlinear(gpu: &Gpu) -> CheckResult {
         c(1, 64, 33, true, Act::None, false),     // GEMV, vec4 x, two groups of 32
         c(3, 40, 7, true, Act::GeluErf, false),   // GEMV, scalar x, K padded to 64
         c(8, 1056, 9, false, Act::None, true),    // GEMV, 33 chunks: lanes with two
+        c(1, 64, 4096, true, Act::None, false),   // GEMV, 2 rows per group
+        c(2, 32, 8200, false, Act::None, true),   // GEMV, 4 rows per group, a ragged end
         c(9, 72, 17, true, Act::GeluTanh, false), // GEMM, smallest; K padded
         c(33, 96, 130, true, Act::None, true),    // GEMM, N over one tile
         c(130, 100, 33, false, Act::None, false), // GEMM, M over one tile, K not a multiple of 8
