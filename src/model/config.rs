@@ -359,7 +359,7 @@ fn original(root: &Obj) -> Result<Parts> {
         (Some(s), true) if s.out_dim() != aligner.input_dim => {
             return Err(ap.err("input_dim", format!("{} disagrees with the high-res tower's {} output channels", aligner.input_dim, s.out_dim())));
         }
-        (Some(_), true) if aligner.n_embed % 2 != 0 => return Err(ap.err("n_embed", format!("{} is odd; the hybrid aligner splits it in halves", aligner.n_embed))),
+        (Some(_), true) if !aligner.n_embed.is_multiple_of(2) => return Err(ap.err("n_embed", format!("{} is odd; the hybrid aligner splits it in halves", aligner.n_embed))),
         (Some(_), false) => return Err(ap.err("projector_type", "the hybrid vision tower needs low_high_hybrid_split_mlp_gelu")),
         (None, true) => return Err(ap.err("projector_type", "low_high_hybrid_split_mlp_gelu needs the HybridVisionTower")),
         _ => {}
@@ -382,7 +382,9 @@ fn pixel_norm(p: &Obj) -> Result<Option<([f32; 3], [f32; 3])>> {
 }
 
 /// One row of the original code's SAM table: width, depth, heads, global blocks, downsample channels.
-fn sam_table(model_name: &str) -> Option<(usize, usize, usize, &'static [usize], &'static [usize])> {
+type SamRow = (usize, usize, usize, &'static [usize], &'static [usize]);
+
+fn sam_table(model_name: &str) -> Option<SamRow> {
     match model_name {
         "sam_b_downsample" => Some((768, 12, 12, &[2, 5, 8, 11], &[512, 1024])),
         _ => None,
@@ -431,7 +433,7 @@ fn sam_checked(o: &Obj, mut s: SamConfig, ratio: f64) -> Result<SamConfig> {
     if s.patch_size > s.image_size {
         return Err(o.err("patch_size", format!("{} exceeds image_size {}", s.patch_size, s.image_size)));
     }
-    if s.width % s.heads != 0 {
+    if !s.width.is_multiple_of(s.heads) {
         return Err(o.err("heads", format!("{} heads do not divide width {}", s.heads, s.width)));
     }
     if let Some(&g) = s.global.iter().find(|&&g| g >= s.layers) {
@@ -440,7 +442,7 @@ fn sam_checked(o: &Obj, mut s: SamConfig, ratio: f64) -> Result<SamConfig> {
     if s.global.is_empty() {
         return Err(o.err("global_attn_indexes", "no global block: the high-res path reads the first one"));
     }
-    if s.downsample.iter().any(|&c| c == 0) || s.neck == 0 {
+    if s.downsample.contains(&0) || s.neck == 0 {
         return Err(o.err("downsample_channels", "a conv with no channels"));
     }
     let mlp = (s.width as f64 * ratio).floor();
@@ -570,7 +572,7 @@ fn hf(root: &Obj) -> Result<Parts> {
         None if root.str("model_type")? == Some("deepseek_vl_hybrid") => return Err(root.err("high_res_vision_config", "missing")),
         None => None,
     };
-    if sam.is_some() && llm.hidden % 2 != 0 {
+    if sam.is_some() && !llm.hidden.is_multiple_of(2) {
         return Err(tc.err("hidden_size", format!("{} is odd; the hybrid aligner splits it in halves", llm.hidden)));
     }
     let aligner = AlignerConfig { input_dim: vision.width, n_embed: llm.hidden, depth: 2, hybrid: sam.is_some() };
