@@ -281,10 +281,18 @@ impl ModelConfig {
         };
 
         let mut do_normalize = true;
+        if let Some(sam) = sam.as_mut().filter(|_| layout == Layout::Hf) {
+            // HF's config.json does not carry the towers' Normalize: the 7B's values, which
+            // HF's hybrid processor config (when present) overrides.
+            sam.pixel_norm = Some((CLIP_MEAN, CLIP_STD));
+            vision.pixel_norm = Some(([0.5; 3], [0.5; 3]));
+            (vision.image_mean, vision.image_std, do_normalize) = (CLIP_MEAN, CLIP_STD, false);
+        }
         if let Some(bytes) = preprocessor_json {
             let map = parse_object(PREPROCESSOR, bytes)?;
             let pre = Obj { file: PREPROCESSOR, path: String::new(), map: &map };
-            if let Some(sam) = sam.as_mut().filter(|_| layout == Layout::Hf) {
+            let hf_hybrid = ["high_res_size", "high_res_image_mean", "high_res_image_std"].iter().any(|k| map.contains_key(*k));
+            if let Some(sam) = sam.as_mut().filter(|_| hf_hybrid) {
                 hf_hybrid_processor(&pre, &mut vision, sam)?;
             } else {
                 if let Some(m) = pre.triple("image_mean", false)? {
@@ -304,10 +312,6 @@ impl ModelConfig {
                     return Err(pre.err("image_size", format!("{got} disagrees with the {whose}'s image_size {size} in config.json")));
                 }
             }
-        }
-        if layout == Layout::Hf && sam.is_some() {
-            // HF's hybrid processor normalises each resolution itself: the towers do it here.
-            do_normalize = false;
         }
 
         let grid = vision.image_size / vision.patch_size;
@@ -492,12 +496,14 @@ fn hf_sam(o: &Obj) -> Result<SamConfig> {
     sam_checked(o, sam, ratio)
 }
 
+/// OpenAI CLIP's normalisation, SAM's in DeepSeek-VL 7B.
+const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
 /// HF's hybrid processor: `high_res_size`, `high_res_image_mean/std` for SAM, `image_mean/std`
 /// for SigLIP. The original pipeline is kept (the low-res image is resized from the processed
 /// high-res one), with these numbers.
 fn hf_hybrid_processor(pre: &Obj, vision: &mut VisionConfig, sam: &mut SamConfig) -> Result<()> {
-    const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-    const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
     let high_mean = pre.triple("high_res_image_mean", false)?.unwrap_or(CLIP_MEAN);
     let high_std = pre.triple("high_res_image_std", true)?.unwrap_or(CLIP_STD);
     let low = (pre.triple("image_mean", false)?.unwrap_or([0.5; 3]), pre.triple("image_std", true)?.unwrap_or([0.5; 3]));

@@ -2,7 +2,7 @@
 //!
 //! Original: `vision_model.vision_tower_high.vision_tower.*` (`patch_embed.proj`, `pos_embed`,
 //! `blocks.N.{norm1, attn.qkv, attn.proj, attn.rel_pos_h|w, norm2, mlp.lin1|2}`, `neck.0..3`,
-//! `neck_hd.0..3`, `downsamples.N`, `hd_alpha_downsamples`). HF: `model.high_res_vision_model.*`
+//! `neck_hd.0..3`, `downsamples.N`, `hd_alpha_downsamples`). HF: `model.high_res_vision_model.vision_encoder.*`
 //! (`patch_embed.projection`, `layers.N.{layer_norm1|2, ...}`, `neck.{conv1, layer_norm1, conv2,
 //! layer_norm2}`), `model.high_res_vision_neck.*` (= neck_hd), `model.high_res_vision_proj.convN`
 //! (= downsamples) and `model.high_res_vision_alpha`.
@@ -64,7 +64,7 @@ impl SamNames {
     fn tower(&self, rest: &str) -> String {
         match self.layout {
             Layout::Original => format!("vision_model.vision_tower_high.vision_tower.{rest}"),
-            Layout::Hf => format!("model.high_res_vision_model.{rest}"),
+            Layout::Hf => format!("model.high_res_vision_model.vision_encoder.{rest}"),
         }
     }
     fn patch(&self, wb: &str) -> String {

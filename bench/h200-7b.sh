@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# DeepSeek-VL-7B (hybrid SAM-B + SigLIP tower) at its real shapes, random weights, on the lent
+# H200, in one device call:
+#   1. make the checkpoint (bench/real_shapes.py make --hybrid7b: original sharded layout, bf16),
+#   2. `dsvl-gpu bench --quant q4` under a 128 MiB binding limit (the browser's), then without it,
+#   3. the PyTorch reference (bf16, SDPA) on the same weights and prompt.
+# Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
+# Device call: carry [".gl", ".bin"], command: bash bench/h200-7b.sh
+# Everything goes to $OUT/h200-7b.log; the numbers go into docs/PERFORMANCE.md.
+set -uo pipefail
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+export PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+exec > >(tee "$out/h200-7b.log") 2>&1
+D=/tmp/dsvl-7b
+QUANTS=${QUANTS:-"q4"}
+TORCH=${TORCH:-1}
+step() { echo "=== $* ($(date +%T))"; }
+
+step environment
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+./.bin/dsvl-gpu info 2>&1 | head -5
+
+step make checkpoint
+[ -f "$D/model.safetensors.index.json" ] || python3 bench/real_shapes.py make --hybrid7b "$D" || exit 1
+du -sh "$D"
+
+for q in $QUANTS; do
+    step "dsvl-gpu bench --quant $q, bindings limited to 128 MiB"
+    ./.bin/dsvl-gpu bench --model "$D" --quant "$q" --max-binding 134217728 --runs 3 --json
+    step "dsvl-gpu bench --quant $q --profile"
+    ./.bin/dsvl-gpu bench --model "$D" --quant "$q" --profile
+done
+
+if [ "$TORCH" = 1 ]; then
+    step "PyTorch reference (bf16, SDPA)"
+    python3 bench/real_shapes.py torch-bench --hybrid7b "$D"
+fi
+step done
