@@ -24,6 +24,7 @@ kernel_tests!(
     check_rope_kv,
     check_attention_vit,
     check_attention_causal,
+    check_attention_rel_pos,
     check_conv2d,
     check_conv2d_patch_embed,
     check_layernorm2d,

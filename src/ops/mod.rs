@@ -154,6 +154,7 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<norm::SoftmaxParams>("softmax"),
         layout_of::<rope::RopeParams>("rope"),
         layout_of::<attention::AttnParams>("attention"),
+        layout_of::<attention::RelAttnParams>("attention"),
         layout_of::<conv::ConvParams>("conv"),
         layout_of::<conv::Ln2dParams>("conv"),
         layout_of::<interp::BilinearParams>("interp"),
