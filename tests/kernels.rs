@@ -45,6 +45,7 @@ kernel_tests!(
     check_qlinear,
     check_qlinear_split,
     check_qembed,
+    check_window,
 );
 
 #[test]
