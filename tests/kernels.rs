@@ -30,6 +30,7 @@ kernel_tests!(
     check_layernorm2d,
     check_bilinear,
     check_resize_bicubic,
+    check_resize_aa_bilinear,
     check_embedding,
     check_argmax,
     check_repetition_penalty,
