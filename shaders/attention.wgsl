@@ -9,6 +9,9 @@
 // (GQA: heads share kv heads in groups), o like q. `seq` = [position of query row 0, number
 // of valid kv rows]; storage, so a recorded decode step can be replayed at a new position.
 // Causal: query i sees keys j <= seq[0] + i. Flags: HD32 / HD64 / HD128 (head dim), F16, SPLIT.
+//
+// Flag RELPOS: SAM's windowed attention with decomposed relative-position bias instead (see
+// `attention_rel` below; not combined with the flags above except HD32 / HD64 and F16).
 
 #ifdef F16
 alias T = f16;
@@ -50,6 +53,282 @@ struct AttnParams {
     _pad: u32,
 }
 
+struct RelAttnParams {
+    heads: u32,
+    kv_heads: u32,
+    gh: u32,
+    gw: u32,
+    q_off: u32,
+    q_stride: u32,
+    k_off4: u32,
+    k_stride4: u32,
+    v_off4: u32,
+    v_stride4: u32,
+    o_off: u32,
+    o_stride: u32,
+    scale: f32,
+    rows: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+#ifdef RELPOS
+// ---- RELPOS: SAM's attention with decomposed relative-position bias, over blocks ----
+// Rows come in blocks of gh*gw (a window, or the whole grid for global attention); each query
+// row attends only to the keys of its block, with
+//   score(i, j) = scale * q_i·k_j + q_i·Rh[hi - hj + gh - 1] + q_i·Rw[wi - wj + gw - 1]
+// where (hi, wi) = divmod(i mod gh*gw, gw) (the same for j).
+// `attn_rel_bias` (flag RELBIAS) first writes both bias tables of every (row, head):
+// relb[(row * heads + h) * (gh + gw) + n] = q·Rh[hi - n + gh - 1] (n < gh) or
+// q·Rw[wi - (n - gh) + gw - 1]; they live in memory rather than in the workgroup, so the
+// grid size is not bounded by workgroup memory. `attention_rel` then runs a flash-style
+// loop over key tiles with both products register-tiled like the GEMM: 64 threads per
+// (block of 32 query rows, head, block); thread (tx, ty) scores rows ty + 8i against keys
+// tx + 8j (i, j < 4) and accumulates rows ty + 8i, head-dim vec4 columns tx (and tx + 8 for
+// HD64). Interleaved rows and keys keep every workgroup-memory read conflict-free (rows are
+// padded to DP4 vec4s). Named accumulators, no dynamically indexed register arrays.
+
+const BQ: u32 = 32u;
+const BK: u32 = 32u;
+const DP4: u32 = D4 + 1u;
+// Row stride of the transposed probabilities (vec4s of 4 rows): padded against store conflicts.
+const PP: u32 = 9u;
+
+#ifdef RELBIAS
+@group(0) @binding(0) var<uniform> rp: RelAttnParams;
+@group(0) @binding(1) var<storage, read> q: array<T>;
+@group(0) @binding(2) var<storage, read> rel_h: array<T>;
+@group(0) @binding(3) var<storage, read> rel_w: array<T>;
+@group(0) @binding(4) var<storage, read_write> relb: array<f32>;
+
+@compute @workgroup_size(256)
+fn attn_rel_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let nb = rp.gh + rp.gw;
+    if (e >= rp.rows * rp.heads * nb) {
+        return;
+    }
+    let n = e % nb;
+    let h = (e / nb) % rp.heads;
+    let row = e / (nb * rp.heads);
+    let i = row % (rp.gh * rp.gw);
+    let qb = rp.q_off + row * rp.q_stride + h * D;
+    var s = 0.0;
+    if (n < rp.gh) {
+        let rb = (i / rp.gw + rp.gh - 1u - n) * D;
+        for (var d = 0u; d < D; d++) {
+            s = fma(f32(q[qb + d]), f32(rel_h[rb + d]), s);
+        }
+    } else {
+        let rb = (i % rp.gw + rp.gw - 1u - (n - rp.gh)) * D;
+        for (var d = 0u; d < D; d++) {
+            s = fma(f32(q[qb + d]), f32(rel_w[rb + d]), s);
+        }
+    }
+    relb[e] = s;
+}
+#else
+@group(0) @binding(0) var<uniform> rp: RelAttnParams;
+@group(0) @binding(1) var<storage, read> q: array<T>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<T>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<T>>;
+@group(0) @binding(4) var<storage, read> relb: array<f32>;
+@group(0) @binding(5) var<storage, read_write> o: array<T>;
+
+// The query tile, [row][DP4].
+var<workgroup> qs: array<vec4<f32>, BQ * DP4>;
+// The key tile, then the value tile, [key][DP4].
+var<workgroup> kvs: array<vec4<f32>, BK * DP4>;
+// Probabilities [key][PP], each vec4 = rows ty, ty + 8, ty + 16, ty + 24.
+var<workgroup> pt: array<vec4<f32>, BK * PP>;
+// Per (tx, ty): the thread's 4 rows' tile maxima, at the end their partial sums.
+var<workgroup> red: array<vec4<f32>, 64>;
+
+// Scores of one query row against the thread's 4 keys.
+fn dot4(qv: vec4<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(qv, k0), dot(qv, k1), dot(qv, k2), dot(qv, k3));
+}
+
+fn max4(a: vec4<f32>) -> f32 {
+    return max(max(a.x, a.y), max(a.z, a.w));
+}
+
+fn sum4(a: vec4<f32>) -> f32 {
+    return a.x + a.y + a.z + a.w;
+}
+
+// Both bias terms of row `row` of the block (past its end: clamped, never written) for the
+// thread's keys kk; NEG for keys past the block.
+fn bias4(row: u32, kk: vec4<u32>, blk: u32, h: u32, b0: u32) -> vec4<f32> {
+    let base = ((b0 + min(row, blk - 1u)) * rp.heads + h) * (rp.gh + rp.gw);
+    return vec4<f32>(bias1(base, kk.x, blk), bias1(base, kk.y, blk), bias1(base, kk.z, blk), bias1(base, kk.w, blk));
+}
+
+fn bias1(base: u32, kk: u32, blk: u32) -> f32 {
+    if (kk >= blk) {
+        return NEG;
+    }
+    return relb[base + kk / rp.gw] + relb[base + rp.gh + kk % rp.gw];
+}
+
+// p = exp(s - m), zero for keys past the block.
+fn probs(s: vec4<f32>, m: f32, kk: vec4<u32>, blk: u32) -> vec4<f32> {
+    return select(exp(s - m), vec4<f32>(0.0), kk >= vec4<u32>(blk));
+}
+
+@compute @workgroup_size(64)
+fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let h = wid.y;
+    let kvh = h / (rp.heads / rp.kv_heads);
+    let blk = rp.gh * rp.gw;
+    let b0 = wid.z * blk;
+    let r0 = wid.x * BQ;
+    let tx = t % 8u;
+    let ty = t / 8u;
+    for (var e = t; e < BQ * D4; e += 64u) {
+        let r = e / D4;
+        let c = e % D4;
+        var qv = vec4<f32>(0.0);
+        if (r0 + r < blk) {
+            let qb = rp.q_off + (b0 + r0 + r) * rp.q_stride + h * D + 4u * c;
+            qv = vec4<f32>(f32(q[qb]), f32(q[qb + 1u]), f32(q[qb + 2u]), f32(q[qb + 3u]));
+        }
+        qs[r * DP4 + c] = qv;
+    }
+    // Running max and (this thread's share of the) sum of rows ty + 8i, as vec4 over i.
+    var m = vec4<f32>(NEG);
+    var l = vec4<f32>(0.0);
+    var o0 = vec4<f32>(0.0);
+    var o1 = vec4<f32>(0.0);
+    var o2 = vec4<f32>(0.0);
+    var o3 = vec4<f32>(0.0);
+#ifdef HD64
+    var o4 = vec4<f32>(0.0);
+    var o5 = vec4<f32>(0.0);
+    var o6 = vec4<f32>(0.0);
+    var o7 = vec4<f32>(0.0);
+#endif
+    let kbase = rp.k_off4 + b0 * rp.k_stride4 + kvh * D4;
+    let vbase = rp.v_off4 + b0 * rp.v_stride4 + kvh * D4;
+    // blk is uniform, so every barrier below is reached by all threads.
+    for (var t0 = 0u; t0 < blk; t0 += BK) {
+        for (var e = t; e < BK * D4; e += 64u) {
+            let kk = t0 + e / D4;
+            var kv = vec4<f32>(0.0);
+            if (kk < blk) {
+                kv = vec4<f32>(k[kbase + kk * rp.k_stride4 + e % D4]);
+            }
+            kvs[(e / D4) * DP4 + e % D4] = kv;
+        }
+        workgroupBarrier();
+        var s0 = vec4<f32>(0.0);
+        var s1 = vec4<f32>(0.0);
+        var s2 = vec4<f32>(0.0);
+        var s3 = vec4<f32>(0.0);
+        for (var d = 0u; d < D4; d++) {
+            let k0 = kvs[tx * DP4 + d];
+            let k1 = kvs[(tx + 8u) * DP4 + d];
+            let k2 = kvs[(tx + 16u) * DP4 + d];
+            let k3 = kvs[(tx + 24u) * DP4 + d];
+            s0 += dot4(qs[ty * DP4 + d], k0, k1, k2, k3);
+            s1 += dot4(qs[(ty + 8u) * DP4 + d], k0, k1, k2, k3);
+            s2 += dot4(qs[(ty + 16u) * DP4 + d], k0, k1, k2, k3);
+            s3 += dot4(qs[(ty + 24u) * DP4 + d], k0, k1, k2, k3);
+        }
+        let kk = t0 + tx + vec4<u32>(0u, 8u, 16u, 24u);
+        s0 = rp.scale * s0 + bias4(r0 + ty, kk, blk, h, b0);
+        s1 = rp.scale * s1 + bias4(r0 + ty + 8u, kk, blk, h, b0);
+        s2 = rp.scale * s2 + bias4(r0 + ty + 16u, kk, blk, h, b0);
+        s3 = rp.scale * s3 + bias4(r0 + ty + 24u, kk, blk, h, b0);
+        red[tx * 8u + ty] = vec4<f32>(max4(s0), max4(s1), max4(s2), max4(s3));
+        workgroupBarrier();
+        // The key tile is consumed: the value tile replaces it.
+        for (var e = t; e < BK * D4; e += 64u) {
+            let kk = t0 + e / D4;
+            var vv = vec4<f32>(0.0);
+            if (kk < blk) {
+                vv = vec4<f32>(v[vbase + kk * rp.v_stride4 + e % D4]);
+            }
+            kvs[(e / D4) * DP4 + e % D4] = vv;
+        }
+        var tile_max = red[ty];
+        for (var x = 1u; x < 8u; x++) {
+            tile_max = max(tile_max, red[x * 8u + ty]);
+        }
+        // Every key tile holds a valid key, so the new max is finite.
+        let m_new = max(m, tile_max);
+        let corr = exp(m - m_new);
+        m = m_new;
+        let p0 = probs(s0, m.x, kk, blk);
+        let p1 = probs(s1, m.y, kk, blk);
+        let p2 = probs(s2, m.z, kk, blk);
+        let p3 = probs(s3, m.w, kk, blk);
+        l = l * corr + vec4<f32>(sum4(p0), sum4(p1), sum4(p2), sum4(p3));
+        pt[tx * PP + ty] = vec4<f32>(p0.x, p1.x, p2.x, p3.x);
+        pt[(tx + 8u) * PP + ty] = vec4<f32>(p0.y, p1.y, p2.y, p3.y);
+        pt[(tx + 16u) * PP + ty] = vec4<f32>(p0.z, p1.z, p2.z, p3.z);
+        pt[(tx + 24u) * PP + ty] = vec4<f32>(p0.w, p1.w, p2.w, p3.w);
+        o0 *= corr.x;
+        o1 *= corr.y;
+        o2 *= corr.z;
+        o3 *= corr.w;
+#ifdef HD64
+        o4 *= corr.x;
+        o5 *= corr.y;
+        o6 *= corr.z;
+        o7 *= corr.w;
+#endif
+        workgroupBarrier();
+        for (var j = 0u; j < BK; j++) {
+            let pr = pt[j * PP + ty];
+            let va = kvs[j * DP4 + tx];
+            o0 = fma(vec4<f32>(pr.x), va, o0);
+            o1 = fma(vec4<f32>(pr.y), va, o1);
+            o2 = fma(vec4<f32>(pr.z), va, o2);
+            o3 = fma(vec4<f32>(pr.w), va, o3);
+#ifdef HD64
+            let vb = kvs[j * DP4 + tx + 8u];
+            o4 = fma(vec4<f32>(pr.x), vb, o4);
+            o5 = fma(vec4<f32>(pr.y), vb, o5);
+            o6 = fma(vec4<f32>(pr.z), vb, o6);
+            o7 = fma(vec4<f32>(pr.w), vb, o7);
+#endif
+        }
+        workgroupBarrier();
+    }
+    // The 8 threads of a row hold its sum in shares (on the same running max).
+    red[tx * 8u + ty] = l;
+    workgroupBarrier();
+    var total = red[ty];
+    for (var x = 1u; x < 8u; x++) {
+        total += red[x * 8u + ty];
+    }
+    let inv = 1.0 / total;
+    store_rel(r0 + ty, blk, b0, h, 4u * tx, o0 * inv.x);
+    store_rel(r0 + ty + 8u, blk, b0, h, 4u * tx, o1 * inv.y);
+    store_rel(r0 + ty + 16u, blk, b0, h, 4u * tx, o2 * inv.z);
+    store_rel(r0 + ty + 24u, blk, b0, h, 4u * tx, o3 * inv.w);
+#ifdef HD64
+    store_rel(r0 + ty, blk, b0, h, 4u * tx + 32u, o4 * inv.x);
+    store_rel(r0 + ty + 8u, blk, b0, h, 4u * tx + 32u, o5 * inv.y);
+    store_rel(r0 + ty + 16u, blk, b0, h, 4u * tx + 32u, o6 * inv.z);
+    store_rel(r0 + ty + 24u, blk, b0, h, 4u * tx + 32u, o7 * inv.w);
+#endif
+}
+
+// Four output values of row `row` of the block (skipped past its end), head dims c..c+3.
+fn store_rel(row: u32, blk: u32, b0: u32, h: u32, c: u32, val: vec4<f32>) {
+    if (row >= blk) {
+        return;
+    }
+    let ob = rp.o_off + (b0 + row) * rp.o_stride + h * D + c;
+    o[ob] = T(val.x);
+    o[ob + 1u] = T(val.y);
+    o[ob + 2u] = T(val.z);
+    o[ob + 3u] = T(val.w);
+}
+#endif
+#else
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> seq: array<u32>;
 
@@ -188,4 +467,5 @@ fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         o[ob + d] = T(a / total);
     }
 }
+#endif
 #endif

@@ -3,18 +3,20 @@
 // BILINEAR: torch F.interpolate(mode='bilinear', align_corners=False) on [C, H, W]; flag F16
 // for f16 activations (arithmetic f32).
 //
-// Otherwise (resize_pass): one pass of PIL's antialiased bicubic resize of an 8-bit RGB image,
-// filtering along x (default) or y (flag AXIS_V). The filter windows and coefficients are
+// Otherwise (resize_pass): one pass of a separable antialiased resize (PIL's bicubic of an 8-bit
+// RGB image, torch's antialiased bilinear of a float image), filtering along x (default) or y
+// (flag AXIS_V). The filter windows and coefficients are
 // computed on the CPU (as PIL does) and stored in `plan` (u32 words): for output index i,
 // bounds[2i] = first source index, bounds[2i+1] = count, and coef[i * ksize + t] = coefficient
 // of source index first + t. With flag PIL8 coefficients are i32 fixed point with 22 fractional
 // bits and the pass rounds and clamps to 0..255 exactly as PIL's 8-bit path does; without it
 // they are f32 bits and values stay unrounded.
 // The source is the image's packed RGB bytes (flag SRC_U8: row-major, 3 bytes per pixel, 4
-// bytes per u32 word, pixel (x, y) at byte (y * src_row + x) * 3) or a planar f32 image
-// (value at c * src_plane + y * src_row + x). Output pixel (ox, oy) of the out_w x out_h pass
-// reads source row oy + y0 (x pass) or column ox (y pass) and is written planar at
-// dst_off + c * dst_plane + oy * dst_row + ox.
+// bytes per u32 word, pixel (x, y) at byte (y * src_row + x) * 3) or a planar f32 image of
+// `chans` channels (value at c * src_plane + y * src_row + x). Output pixel (ox, oy) of the
+// out_w x out_h pass reads source row oy + y0 (x pass) or column ox (y pass) and is written
+// planar at dst_off + c * dst_plane + oy * dst_row + ox. A thread filters one pixel of 3
+// channels (a group: channels 3g .. 3g + 2, fewer in the last group of a planar source).
 
 #ifdef F16
 alias T = f16;
@@ -46,7 +48,7 @@ struct ResizeParams {
     dst_off: u32,
     dst_row: u32,
     dst_plane: u32,
-    _pad0: u32,
+    chans: u32,
 }
 
 #ifdef BILINEAR
@@ -121,30 +123,39 @@ fn acc_done(a: Acc) -> vec3<f32> {
 }
 #endif
 
-// The RGB value of source pixel (x, y).
+// Channels ch0 .. ch0 + 2 of source pixel (x, y) (zero past the last channel).
 #ifdef SRC_U8
 fn byte_at(i: u32) -> u32 {
     return (src[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
 }
-fn pixel(x: u32, y: u32) -> vec3<f32> {
+fn pixel(x: u32, y: u32, ch0: u32) -> vec3<f32> {
     let b = (y * p.src_row + x) * 3u;
     return vec3<f32>(f32(byte_at(b)), f32(byte_at(b + 1u)), f32(byte_at(b + 2u)));
 }
 #else
-fn pixel(x: u32, y: u32) -> vec3<f32> {
-    let i = y * p.src_row + x;
-    return vec3<f32>(src[i], src[p.src_plane + i], src[2u * p.src_plane + i]);
+fn pixel(x: u32, y: u32, ch0: u32) -> vec3<f32> {
+    let i = ch0 * p.src_plane + y * p.src_row + x;
+    var v = vec3<f32>(src[i], 0.0, 0.0);
+    if (ch0 + 1u < p.chans) {
+        v.y = src[i + p.src_plane];
+    }
+    if (ch0 + 2u < p.chans) {
+        v.z = src[i + 2u * p.src_plane];
+    }
+    return v;
 }
 #endif
 
 @compute @workgroup_size(256)
 fn resize_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= p.out_w * p.out_h) {
+    let px = p.out_w * p.out_h;
+    if (i >= px * ((p.chans + 2u) / 3u)) {
         return;
     }
+    let ch0 = 3u * (i / px);
     let ox = i % p.out_w;
-    let oy = i / p.out_w;
+    let oy = (i % px) / p.out_w;
 #ifdef AXIS_V
     let o = oy;
 #else
@@ -155,16 +166,20 @@ fn resize_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var acc = acc_init();
     for (var t = 0u; t < count; t++) {
 #ifdef AXIS_V
-        let v = pixel(ox, first + t);
+        let v = pixel(ox, first + t, ch0);
 #else
-        let v = pixel(first + t, oy + p.y0);
+        let v = pixel(first + t, oy + p.y0, ch0);
 #endif
         acc = acc_add(acc, v, plan[p.coef_off + o * p.ksize + t]);
     }
     let r = acc_done(acc);
-    let d = p.dst_off + oy * p.dst_row + ox;
+    let d = p.dst_off + ch0 * p.dst_plane + oy * p.dst_row + ox;
     dst[d] = r.x;
-    dst[d + p.dst_plane] = r.y;
-    dst[d + 2u * p.dst_plane] = r.z;
+    if (ch0 + 1u < p.chans) {
+        dst[d + p.dst_plane] = r.y;
+    }
+    if (ch0 + 2u < p.chans) {
+        dst[d + 2u * p.dst_plane] = r.z;
+    }
 }
 #endif

@@ -24,11 +24,13 @@ kernel_tests!(
     check_rope_kv,
     check_attention_vit,
     check_attention_causal,
+    check_attention_rel_pos,
     check_conv2d,
     check_conv2d_patch_embed,
     check_layernorm2d,
     check_bilinear,
     check_resize_bicubic,
+    check_resize_aa_bilinear,
     check_embedding,
     check_argmax,
     check_repetition_penalty,
@@ -44,6 +46,7 @@ kernel_tests!(
     check_qlinear,
     check_qlinear_split,
     check_qembed,
+    check_window,
 );
 
 #[test]

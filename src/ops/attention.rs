@@ -1,11 +1,15 @@
 //! Scaled dot-product attention with an online softmax (flash-style): bidirectional for the
 //! vision tower, causal over a KV cache for the decoder. q, k, v and the output are row views,
 //! so q/k/v can be column slices of one fused qkv projection and k/v can be a cache.
+//!
+//! `attention_rel_pos`: SAM's attention with decomposed relative-position bias, over windows
+//! (blocks of consecutive rows) or one global block; its own kernel, tiled over 32 query rows
+//! so each K/V load serves them all (see `attention_rel` in `shaders/attention.wgsl`).
 
-use super::{act_flags, shape_err, Rows};
+use super::{act_flags, shape_err, u32_of, Rows};
 use crate::check::{self, compare, poisoned, CheckResult, Rng, Tol};
 use crate::error::{Error, Result};
-use crate::gpu::{Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
+use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::params_struct;
 
 params_struct!(AttnParams("AttnParams") {
@@ -13,9 +17,19 @@ params_struct!(AttnParams("AttnParams") {
     v_off4: u32, v_stride4: u32, o_off: u32, o_stride: u32, scale: f32, splits: u32, split_len: u32, _pad: u32,
 });
 
+params_struct!(RelAttnParams("RelAttnParams") {
+    heads: u32, kv_heads: u32, gh: u32, gw: u32, q_off: u32, q_stride: u32, k_off4: u32, k_stride4: u32,
+    v_off4: u32, v_stride4: u32, o_off: u32, o_stride: u32, scale: f32, rows: u32, _pad0: u32, _pad1: u32,
+});
+
 const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 const ATTN: Kernel = Kernel { shader: "attention", entry: "attention", binds: BINDS };
 const COMBINE: Kernel = Kernel { shader: "attention", entry: "attn_combine", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite] };
+const REL: Kernel = Kernel { shader: "attention", entry: "attention_rel", binds: BINDS };
+const REL_BIAS: Kernel =
+    Kernel { shader: "attention", entry: "attn_rel_bias", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite] };
+/// Query rows per workgroup of `attention_rel` (BQ in the shader).
+const REL_ROWS: usize = 32;
 /// Keys per tile of the kernel; a split is a whole number of tiles.
 const TILE: usize = 64;
 /// Workgroups worth filling a large GPU with: fewer (row, head) pairs than this get their keys split.
@@ -33,6 +47,13 @@ pub fn variants() -> Vec<PipelineKey> {
             let mut comb = base.clone();
             comb.push("COMBINE");
             v.push(PipelineKey::new(COMBINE, &comb, &[]));
+            if hd != "HD128" {
+                let mut rel = base.clone();
+                rel.push("RELPOS");
+                v.push(PipelineKey::new(REL, &rel, &[]));
+                rel.push("RELBIAS");
+                v.push(PipelineKey::new(REL_BIAS, &rel, &[]));
+            }
         }
     }
     v
@@ -125,6 +146,108 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     rec.dispatch(&PipelineKey::new(ATTN, &split, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
     flags.push("COMBINE");
     rec.dispatch(&PipelineKey::new(COMBINE, &flags, &[]), &params, &[seq, &part, o.t], [q.rows as u32, s.heads as u32, 1])
+}
+
+/// SAM's decomposed relative position tables for a (gh, gw) grid of tokens.
+pub struct RelPos<'a> {
+    pub grid: (usize, usize),
+    pub h: &'a Tensor,
+    pub w: &'a Tensor,
+}
+
+/// Workgroup memory of `attention_rel` at head dim `d`: the query and the key/value tiles (32
+/// rows of d/4 + 1 vec4s each), the probabilities (32 x 9 vec4s) and the row maxima (64 vec4s).
+fn rel_workgroup_bytes(d: usize) -> usize {
+    (2 * REL_ROWS * (d / 4 + 1) + REL_ROWS * 9 + 64) * 16
+}
+
+/// Bidirectional attention in which each run of gh*gw consecutive rows (a window; a single run = global
+/// attention) attends only within itself, with score(i, j) = scale * q_i·k_j + q_i·Rh[hi - hj + gh - 1] + q_i·Rw[wi - wj + gw - 1],
+/// where (hi, wi) = divmod(i mod (gh*gw), gw) (same for j). Rh = rel.h [2gh-1, head_dim], Rw = rel.w [2gw-1, head_dim],
+/// in the same dtype as q (f32 or f16). q/k/v/o are row views as in `attention` (q, k, v column slices of one fused qkv [rows, 3*d]).
+///
+/// Head dims 32 and 64; k and v start and stride at multiples of 4 elements (q and o at any);
+/// k and v have q's rows. Two dispatches: both bias tables of every (row, head) into an f32
+/// scratch of rows * heads * (gh + gw) values, then the attention itself.
+pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, rel: &RelPos) -> Result<()> {
+    let op = "attention_rel_pos";
+    for r in [q, k, v, o] {
+        r.check(op)?;
+    }
+    let d = s.head_dim;
+    let hd_flag = match d {
+        32 => "HD32",
+        64 => "HD64",
+        d => return Err(shape_err(op, format!("head dim {d} (supported: 32, 64)"))),
+    };
+    if s.causal {
+        return Err(shape_err(op, "relative-position attention is bidirectional, but the shape says causal".into()));
+    }
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+        return Err(shape_err(op, format!("{} heads not divisible into {} kv heads", s.heads, s.kv_heads)));
+    }
+    if q.cols != s.heads * d || o.cols != q.cols || o.rows != q.rows {
+        return Err(shape_err(op, format!("q {}x{} / o {}x{} for {} heads of {d}", q.rows, q.cols, o.rows, o.cols, s.heads)));
+    }
+    if k.cols != s.kv_heads * d || v.cols != k.cols || k.rows != q.rows || v.rows != q.rows {
+        return Err(shape_err(op, format!("k {}x{} / v {}x{} for {} rows of {} kv heads", k.rows, k.cols, v.rows, v.cols, q.rows, s.kv_heads)));
+    }
+    // K and V are read as vec4s.
+    if [k.off, k.stride, v.off, v.stride].iter().any(|x| x % 4 != 0) {
+        return Err(shape_err(op, "k and v views must start and stride at multiples of 4 elements".into()));
+    }
+    let (gh, gw) = rel.grid;
+    let blk = gh * gw;
+    if blk == 0 || !q.rows.is_multiple_of(blk) {
+        return Err(shape_err(op, format!("{} rows are not whole blocks of a {gh}x{gw} grid", q.rows)));
+    }
+    for (name, t, n) in [("rel.h", rel.h, 2 * gh - 1), ("rel.w", rel.w, 2 * gw - 1)] {
+        if t.shape() != [n, d] {
+            return Err(shape_err(op, format!("{name} is {:?}, expected [{n}, {d}] for a {gh}x{gw} grid", t.shape())));
+        }
+    }
+    let dt = q.t.dtype();
+    if [k.t, v.t, o.t, rel.h, rel.w].iter().any(|t| t.dtype() != dt) {
+        return Err(Error::DType { op, dtype: dt.name().into(), detail: "q, k, v, o and the rel tables must share a dtype".into() });
+    }
+    if [q.t, k.t, v.t, rel.h, rel.w].iter().any(|t| t.same_buffer(o.t)) {
+        return Err(shape_err(op, "output shares a buffer with an input".into()));
+    }
+    let wg_bytes = rel_workgroup_bytes(d);
+    if wg_bytes > rec.gpu.caps.max_workgroup_storage as usize {
+        return Err(Error::Kernel {
+            kernel: format!("attention.attention_rel[{hd_flag}]"),
+            message: format!("needs {wg_bytes} bytes of workgroup memory, the adapter offers {}", rec.gpu.caps.max_workgroup_storage),
+        });
+    }
+    let nb = gh + gw;
+    let n_bias = u32_of(op, q.rows * s.heads * nb)?;
+    let params = RelAttnParams {
+        heads: s.heads as u32,
+        kv_heads: s.kv_heads as u32,
+        gh: gh as u32,
+        gw: gw as u32,
+        q_off: q.off as u32,
+        q_stride: q.stride as u32,
+        k_off4: (k.off / 4) as u32,
+        k_stride4: (k.stride / 4) as u32,
+        v_off4: (v.off / 4) as u32,
+        v_stride4: (v.stride / 4) as u32,
+        o_off: o.off as u32,
+        o_stride: o.stride as u32,
+        scale: s.scale,
+        rows: q.rows as u32,
+        ..Default::default()
+    };
+    let mut flags = act_flags(op, dt)?.to_vec();
+    flags.extend([hd_flag, "RELPOS"]);
+    let relb = Tensor::empty(rec.gpu, &[n_bias as usize], DType::F32)?;
+    let mut bias_flags = flags.clone();
+    bias_flags.push("RELBIAS");
+    let bias_grid = grid(n_bias.div_ceil(256), rec.gpu.caps.max_workgroups_per_dim);
+    rec.dispatch(&PipelineKey::new(REL_BIAS, &bias_flags, &[]), &params, &[q.t, rel.h, rel.w, &relb], bias_grid)?;
+    let wg = [u32_of(op, blk.div_ceil(REL_ROWS))?, s.heads as u32, u32_of(op, q.rows / blk)?];
+    rec.dispatch(&PipelineKey::new(REL, &flags, &[]), &params, &[q.t, k.t, v.t, &relb, o.t], wg)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -225,4 +348,88 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
-crate::checks!(check_attention_vit, check_attention_causal);
+/// f64 reference of `attention_rel_pos`, straight from its definition: q [rows, heads*d],
+/// k and v [rows, kv_heads*d], rh [2gh-1, d], rw [2gw-1, d].
+#[allow(clippy::too_many_arguments)]
+pub fn rel_pos_reference(q: &[f32], k: &[f32], v: &[f32], rows: usize, s: AttnShape, (gh, gw): (usize, usize), rh: &[f32], rw: &[f32]) -> Vec<f64> {
+    let (h_n, d) = (s.heads, s.head_dim);
+    let kvw = s.kv_heads * d;
+    let group = s.heads / s.kv_heads;
+    let blk = gh * gw;
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+    let mut o = vec![0.0; rows * h_n * d];
+    for i in 0..rows {
+        let (b0, (hi, wi)) = (i / blk * blk, ((i % blk) / gw, (i % blk) % gw));
+        for h in 0..h_n {
+            let kh = h / group;
+            let qi = &q[i * h_n * d + h * d..][..d];
+            let scores: Vec<f64> = (b0..b0 + blk)
+                .map(|j| {
+                    let (hj, wj) = ((j - b0) / gw, (j - b0) % gw);
+                    let kj = &k[j * kvw + kh * d..][..d];
+                    s.scale as f64 * dot(qi, kj) + dot(qi, &rh[(hi + gh - 1 - hj) * d..][..d]) + dot(qi, &rw[(wi + gw - 1 - wj) * d..][..d])
+                })
+                .collect();
+            let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..d {
+                o[i * h_n * d + h * d + c] = e.iter().enumerate().map(|(jj, w)| w * v[(b0 + jj) * kvw + kh * d + c] as f64).sum::<f64>() / z;
+            }
+        }
+    }
+    o
+}
+
+/// SAM's windowed and global attention: q, k, v as column slices of one fused qkv tensor.
+async fn check_attention_rel_pos(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(42);
+    let mut worst = [0.0f64; 2];
+    // (grid, blocks, heads, kv heads, head dim): an 8x8 grid in 3x3 windows padded to 9x9 (9
+    // blocks of 9 rows), the same grid global, a non-square grid with partial query and key
+    // tiles, a grid of 320 rows (10 tiles each way, 36 bias terms per row) and GQA.
+    let cases = [((3, 3), 9, 2, 2, 32), ((8, 8), 1, 2, 2, 32), ((3, 3), 9, 1, 1, 64), ((8, 8), 1, 1, 1, 64), ((5, 7), 2, 2, 2, 64), ((16, 20), 1, 1, 1, 32), ((4, 6), 3, 4, 2, 32)];
+    for dt in check::act_dtypes(gpu) {
+        for &((gh, gw), blocks, heads, kvh, d) in &cases {
+            let rows = gh * gw * blocks;
+            let (qw, kw) = (heads * d, kvh * d);
+            let width = qw + 2 * kw;
+            let qkv = check::round_to(dt, &rng.normals(rows * width, 1.0));
+            let rh = check::round_to(dt, &rng.normals((2 * gh - 1) * d, 0.2));
+            let rw = check::round_to(dt, &rng.normals((2 * gw - 1) * d, 0.2));
+            let t = Tensor::from_f32(gpu, &[rows, width], dt, &qkv)?;
+            let (rht, rwt) = (Tensor::from_f32(gpu, &[2 * gh - 1, d], dt, &rh)?, Tensor::from_f32(gpu, &[2 * gw - 1, d], dt, &rw)?);
+            let o = poisoned(gpu, &[rows, qw], dt)?;
+            let s = AttnShape { heads, kv_heads: kvh, head_dim: d, scale: (d as f32).powf(-0.5), causal: false };
+            let rel = RelPos { grid: (gh, gw), h: &rht, w: &rwt };
+            let (qv, kv, vv) = (Rows::cols(&t, 0, qw), Rows::cols(&t, qw, kw), Rows::cols(&t, qw + kw, kw));
+            let mut rec = Recorder::new(gpu);
+            attention_rel_pos(&mut rec, &qv, &kv, &vv, &Rows::all(&o), s, &rel)?;
+            rec.finish()?.run(gpu).await?;
+            let got = gpu.read_f32(&o).await?;
+            let split = |c0: usize, w: usize| -> Vec<f32> { (0..rows * w).map(|i| qkv[(i / w) * width + c0 + i % w]).collect() };
+            let want = rel_pos_reference(&split(0, qw), &split(qw, kw), &split(qw + kw, kw), rows, s, (gh, gw), &rh, &rw);
+            // f32: rounding in the sums of ~100 terms; f16: the output's rounding (|o| < 4).
+            let (tol, slot) = if dt == DType::F16 { (Tol { abs: 3e-3, rel: 3e-3 }, 1) } else { (Tol { abs: 5e-6, rel: 5e-5 }, 0) };
+            let what = format!("attention rel-pos {dt} grid {gh}x{gw} x{blocks} h={heads}/{kvh} d={d}");
+            worst[slot] = worst[slot].max(compare(&what, &got, &want, tol)?);
+        }
+    }
+    // Rows that are not whole blocks, and tables of the wrong size, are errors that record nothing.
+    let t = Tensor::empty(gpu, &[10, 96], DType::F32)?;
+    let o = Tensor::empty(gpu, &[10, 32], DType::F32)?;
+    let (rh, rw) = (Tensor::empty(gpu, &[5, 32], DType::F32)?, Tensor::empty(gpu, &[5, 32], DType::F32)?);
+    let s = AttnShape { heads: 1, kv_heads: 1, head_dim: 32, scale: 1.0, causal: false };
+    for (grid, rows) in [((3, 3), 10), ((2, 3), 6)] {
+        let (q, k, v) = (Rows::cols(&t, 0, 32).rows(0, rows), Rows::cols(&t, 32, 32).rows(0, rows), Rows::cols(&t, 64, 32).rows(0, rows));
+        let mut rec = Recorder::new(gpu);
+        let res = attention_rel_pos(&mut rec, &q, &k, &v, &Rows::all(&o).rows(0, rows), s, &RelPos { grid, h: &rh, w: &rw });
+        if res.is_ok() || !rec.is_empty() {
+            return Err(format!("attention_rel_pos accepted {rows} rows on a {grid:?} grid with [5, 32] tables").into());
+        }
+    }
+    let f16 = if gpu.caps.f16 { format!("{:.2e}", worst[1]) } else { "not run (no SHADER_F16)".into() };
+    Ok(format!("max abs err f32 {:.2e}, f16 {f16}", worst[0]))
+}
+
+crate::checks!(check_attention_vit, check_attention_causal, check_attention_rel_pos);

@@ -15,6 +15,11 @@
 //! `ResizeMode::Pil8` reproduces PIL's 8-bit arithmetic exactly (22-bit fixed-point
 //! coefficients, each pass rounded and clamped to 0..255; `tests/pil_resize.rs` checks it
 //! bit for bit against Pillow); `ResizeMode::Float` keeps f32 throughout.
+//!
+//! `resize_aa_bilinear`: `F.interpolate(x, size, mode='bilinear', antialias=True,
+//! align_corners=False)` on an f32 [C, H, W]: the same passes and coefficient tables as
+//! `resize_bicubic` (Float mode) with the triangle filter, whose windows and weights follow
+//! the same rule as PIL's.
 
 use super::{act_flags, same_dtype, shape_err, u32_of, WG};
 use crate::check::{self, compare, poisoned, CheckResult, Rng, Tol};
@@ -29,7 +34,7 @@ params_struct!(BilinearParams("BilinearParams") {
 params_struct!(ResizeParams("ResizeParams") {
     out_w: u32, out_h: u32, y0: u32, ksize: u32,
     bounds_off: u32, coef_off: u32, src_row: u32, src_plane: u32,
-    dst_off: u32, dst_row: u32, dst_plane: u32, _pad0: u32,
+    dst_off: u32, dst_row: u32, dst_plane: u32, chans: u32,
 });
 
 const BILINEAR: Kernel = Kernel { shader: "interp", entry: "bilinear", binds: &[Bind::Uniform, Bind::Read, Bind::ReadWrite] };
@@ -126,9 +131,44 @@ impl ResizeMode {
     }
 }
 
-/// PIL's filter windows for one axis (`precompute_coeffs` with the bicubic filter, a = -0.5):
-/// per output index the first source index and the count, and `ksize` coefficients per output
-/// index (normalised to sum 1, zero past the count).
+/// The separable filter of a resize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// PIL's bicubic (a = -0.5), support 2.
+    Bicubic,
+    /// The triangle (PIL's bilinear, torch's antialiased bilinear), support 1.
+    Triangle,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Triangle => 1.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Filter::Triangle => (1.0 - x).max(0.0),
+        }
+    }
+}
+
+/// Filter windows for one axis (PIL's `precompute_coeffs`): per output index the first source
+/// index and the count, and `ksize` coefficients per output index (normalised to sum 1, zero
+/// past the count).
 #[derive(Clone, Debug)]
 pub struct Coeffs {
     pub ksize: usize,
@@ -136,24 +176,13 @@ pub struct Coeffs {
     pub k: Vec<f64>,
 }
 
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
-
-/// Windows and coefficients for resizing `in_size` samples to `out_size`, in f64 as PIL computes
-/// them (the support widens by the shrink factor, which antialiases).
-pub fn pil_coeffs(in_size: usize, out_size: usize) -> Coeffs {
+/// Windows and coefficients of `filter` for resizing `in_size` samples to `out_size`, in f64 as
+/// PIL computes them (when shrinking, the support widens by the shrink factor, which
+/// antialiases; torch's antialiased modes use the same rule).
+pub fn pil_coeffs(filter: Filter, in_size: usize, out_size: usize) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size);
     let mut k = vec![0.0f64; out_size * ksize];
@@ -168,7 +197,7 @@ pub fn pil_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         // PIL multiplies by the reciprocal (which can differ from dividing in the last bit).
         let ss = 1.0 / filterscale;
         for (x, c) in row.iter_mut().enumerate() {
-            *c = bicubic(((x + xmin) as f64 - center + 0.5) * ss);
+            *c = filter.weight(((x + xmin) as f64 - center + 0.5) * ss);
             ww += *c;
         }
         if ww != 0.0 {
@@ -249,7 +278,7 @@ fn pass_flags(mode: ResizeMode, src_u8: bool, axis_v: bool) -> Vec<&'static str>
     f
 }
 
-/// A planar f32 destination: element (c, y, x) at off + c * plane + y * row + x.
+/// A planar f32 image: element (c, y, x) at off + c * plane + y * row + x.
 #[derive(Clone, Copy)]
 struct Planar {
     off: usize,
@@ -257,11 +286,19 @@ struct Planar {
     plane: usize,
 }
 
-/// One resize pass: `src` is the packed image (`Planar` None) or a planar f32 image.
+/// What a resize reads: an image's packed RGB bytes, or a planar f32 [chans, H, W] tensor.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Packed(&'a RgbImage),
+    Planar { t: &'a Tensor, chans: usize },
+}
+
+/// One resize pass: `src` is the packed image (`src_planar` None) or a planar f32 image.
 struct Pass<'a> {
     axis_v: bool,
     src: &'a Tensor,
     src_planar: Option<Planar>,
+    chans: usize,
     /// (bounds offset, coefficient offset, ksize) in the plan.
     coeffs: (u32, u32, usize),
     out: (usize, usize),
@@ -270,8 +307,7 @@ struct Pass<'a> {
     dst_at: Planar,
 }
 
-fn dispatch_pass(rec: &mut Recorder, mode: ResizeMode, plan: &Tensor, src_w: usize, ps: Pass) -> Result<()> {
-    let op = "resize_bicubic";
+fn dispatch_pass(rec: &mut Recorder, op: &'static str, mode: ResizeMode, plan: &Tensor, src_w: usize, ps: Pass) -> Result<()> {
     let (out_w, out_h) = ps.out;
     let (src_row, src_plane) = ps.src_planar.map_or((src_w, 0), |p| (p.row, p.plane));
     let params = ResizeParams {
@@ -286,11 +322,72 @@ fn dispatch_pass(rec: &mut Recorder, mode: ResizeMode, plan: &Tensor, src_w: usi
         dst_off: ps.dst_at.off as u32,
         dst_row: ps.dst_at.row as u32,
         dst_plane: ps.dst_at.plane as u32,
-        _pad0: 0,
+        chans: ps.chans as u32,
     };
     let key = PipelineKey::new(RESIZE, &pass_flags(mode, ps.src_planar.is_none(), ps.axis_v), &[]);
-    let n = u32_of(op, out_w * out_h)?;
+    // One thread per output pixel and group of 3 channels.
+    let n = u32_of(op, out_w * out_h * ps.chans.div_ceil(3))?;
     rec.dispatch(&key, &params, &[ps.src, plan, ps.dst], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
+}
+
+/// A separable resize of `src` (in_w x in_h) to out_w x out_h, written at `dst_at` in `dst`.
+struct Resize<'a> {
+    op: &'static str,
+    src: Source<'a>,
+    input: (usize, usize),
+    output: (usize, usize),
+    filter: Filter,
+    mode: ResizeMode,
+    order: ResizeOrder,
+    dst: &'a Tensor,
+    dst_at: Planar,
+}
+
+/// Records the passes of `r`: like PIL, an axis whose size does not change is not filtered; an
+/// intermediate image holds the first pass's result when both axes change.
+fn record_resize(rec: &mut Recorder, r: Resize) -> Result<()> {
+    let ((in_w, in_h), (out_w, out_h), mode) = (r.input, r.output, r.mode);
+    let (img, src_planar, chans) = match r.src {
+        Source::Packed(im) => (&im.t, None, 3),
+        Source::Planar { t, chans } => (t, Some(Planar { off: 0, row: in_w, plane: in_w * in_h }), chans),
+    };
+    let need_v = in_h != out_h;
+    // With neither axis changing, one identity x pass copies (its coefficients are exactly 1, 0).
+    let need_h = in_w != out_w || !need_v;
+    let hc = pil_coeffs(r.filter, in_w, out_w);
+    let mut vc = pil_coeffs(r.filter, in_h, out_h);
+    let v_first = need_h && need_v && r.order.vertical_first((in_w, in_h), (out_w, out_h));
+    // Horizontal first: only the source rows the vertical pass reads get filtered, and the
+    // vertical windows are shifted to start at the first of them.
+    let (y0, rows) = if need_h && need_v && !v_first {
+        let y0 = vc.bounds[0].0;
+        let y1 = vc.bounds.iter().map(|&(f, n)| f + n).max().unwrap_or(y0);
+        vc.bounds.iter_mut().for_each(|b| b.0 -= y0);
+        (y0, y1 - y0)
+    } else {
+        (0, in_h)
+    };
+    let mut words = Vec::new();
+    let (hb, hk) = hc.encode(mode, &mut words);
+    let (vb, vk) = vc.encode(mode, &mut words);
+    let plan = Tensor::from_u32(rec.gpu, &[words.len()], &words)?;
+    let h_coeffs = (hb, hk, hc.ksize);
+    let v_coeffs = (vb, vk, vc.ksize);
+    let (dst, final_at, op) = (r.dst, r.dst_at, r.op);
+    if !(need_h && need_v) {
+        let (axis_v, coeffs) = if need_v { (true, v_coeffs) } else { (false, h_coeffs) };
+        let pass = Pass { axis_v, src: img, src_planar, chans, coeffs, out: (out_w, out_h), y0: 0, dst, dst_at: final_at };
+        return dispatch_pass(rec, op, mode, &plan, in_w, pass);
+    }
+    let (first_axis_v, mid_w, mid_h, first_coeffs, second_coeffs) =
+        if v_first { (true, in_w, out_h, v_coeffs, h_coeffs) } else { (false, out_w, rows, h_coeffs, v_coeffs) };
+    // [chans, mid_h, mid_w]
+    let tmp = Tensor::empty(rec.gpu, &[chans, mid_h, mid_w], DType::F32)?;
+    let mid = Planar { off: 0, row: mid_w, plane: mid_h * mid_w };
+    let first = Pass { axis_v: first_axis_v, src: img, src_planar, chans, coeffs: first_coeffs, out: (mid_w, mid_h), y0, dst: &tmp, dst_at: mid };
+    dispatch_pass(rec, op, mode, &plan, in_w, first)?;
+    let second = Pass { axis_v: !first_axis_v, src: &tmp, src_planar: Some(mid), chans, coeffs: second_coeffs, out: (out_w, out_h), y0: 0, dst, dst_at: final_at };
+    dispatch_pass(rec, op, mode, &plan, in_w, second)
 }
 
 /// Resizes `src` to `out_w` x `out_h` with PIL's bicubic filter and writes the f32 planar
@@ -315,53 +412,55 @@ pub fn resize_bicubic(rec: &mut Recorder, src: &RgbImage, (out_w, out_h): (usize
     u32_of(op, in_w * in_h * 3)?;
     u32_of(op, dst.len())?;
     u32_of(op, in_w.max(out_w) * in_h.max(out_h) * 3)?;
-    let mode = how.mode;
-    let final_at = Planar { off: at.1 * dw + at.0, row: dw, plane: dh * dw };
-    let need_v = in_h != out_h;
-    // With neither axis changing, one identity x pass copies (its coefficients are exactly 1, 0).
-    let need_h = in_w != out_w || !need_v;
-    let hc = pil_coeffs(in_w, out_w);
-    let mut vc = pil_coeffs(in_h, out_h);
-    let v_first = need_h && need_v && how.order.vertical_first((in_w, in_h), (out_w, out_h));
-    // Horizontal first: only the source rows the vertical pass reads get filtered, and the
-    // vertical windows are shifted to start at the first of them.
-    let (y0, rows) = if need_h && need_v && !v_first {
-        let y0 = vc.bounds[0].0;
-        let y1 = vc.bounds.iter().map(|&(f, n)| f + n).max().unwrap_or(y0);
-        vc.bounds.iter_mut().for_each(|b| b.0 -= y0);
-        (y0, y1 - y0)
-    } else {
-        (0, in_h)
+    let dst_at = Planar { off: at.1 * dw + at.0, row: dw, plane: dh * dw };
+    let r = Resize {
+        op,
+        src: Source::Packed(src),
+        input: (in_w, in_h),
+        output: (out_w, out_h),
+        filter: Filter::Bicubic,
+        mode: how.mode,
+        order: how.order,
+        dst,
+        dst_at,
     };
-    let mut words = Vec::new();
-    let (hb, hk) = hc.encode(mode, &mut words);
-    let (vb, vk) = vc.encode(mode, &mut words);
-    let plan = Tensor::from_u32(rec.gpu, &[words.len()], &words)?;
-    let h_coeffs = (hb, hk, hc.ksize);
-    let v_coeffs = (vb, vk, vc.ksize);
-    let img = &src.t;
-    if !(need_h && need_v) {
-        let (axis_v, coeffs) = if need_v { (true, v_coeffs) } else { (false, h_coeffs) };
-        let pass = Pass { axis_v, src: img, src_planar: None, coeffs, out: (out_w, out_h), y0: 0, dst, dst_at: final_at };
-        return dispatch_pass(rec, mode, &plan, in_w, pass);
+    record_resize(rec, r)
+}
+
+/// torch.nn.functional.interpolate(x, size=(oh, ow), mode='bilinear', antialias=True, align_corners=False) on [C, H, W]
+/// (= torchvision Resize(size, antialias=True) on a tensor): separable, triangle filter whose support scales with the
+/// shrink factor, weights normalised per output pixel — the same window/weight rule as PIL's, computed on the CPU in f64
+/// like `pil_coeffs`, in f32 arithmetic on the GPU. x and y f32.
+///
+/// x and y are [C, H, W] or [1, C, H, W] (the size comes from y). Horizontal pass first, as torch.
+pub fn resize_aa_bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
+    let op = "resize_aa_bilinear";
+    let (c, ih, iw) = chw(op, x)?;
+    let (yc, oh, ow) = chw(op, y)?;
+    if yc != c {
+        return Err(shape_err(op, format!("input {:?} and output {:?} differ in channels", x.shape(), y.shape())));
     }
-    if v_first {
-        // [3, out_h, in_w]
-        let tmp = Tensor::empty(rec.gpu, &[3, out_h, in_w], DType::F32)?;
-        let mid = Planar { off: 0, row: in_w, plane: out_h * in_w };
-        let first = Pass { axis_v: true, src: img, src_planar: None, coeffs: v_coeffs, out: (in_w, out_h), y0: 0, dst: &tmp, dst_at: mid };
-        dispatch_pass(rec, mode, &plan, in_w, first)?;
-        let second = Pass { axis_v: false, src: &tmp, src_planar: Some(mid), coeffs: h_coeffs, out: (out_w, out_h), y0: 0, dst, dst_at: final_at };
-        dispatch_pass(rec, mode, &plan, in_w, second)
-    } else {
-        // [3, rows, out_w]
-        let tmp = Tensor::empty(rec.gpu, &[3, rows, out_w], DType::F32)?;
-        let mid = Planar { off: 0, row: out_w, plane: rows * out_w };
-        let first = Pass { axis_v: false, src: img, src_planar: None, coeffs: h_coeffs, out: (out_w, rows), y0, dst: &tmp, dst_at: mid };
-        dispatch_pass(rec, mode, &plan, in_w, first)?;
-        let second = Pass { axis_v: true, src: &tmp, src_planar: Some(mid), coeffs: v_coeffs, out: (out_w, out_h), y0: 0, dst, dst_at: final_at };
-        dispatch_pass(rec, mode, &plan, in_w, second)
+    for t in [x, y] {
+        if t.dtype() != DType::F32 {
+            return Err(Error::DType { op, dtype: t.dtype().name().into(), detail: "input and output are f32".into() });
+        }
     }
+    if x.same_buffer(y) {
+        return Err(shape_err(op, "input and output share a buffer".into()));
+    }
+    u32_of(op, c * iw.max(ow) * ih.max(oh))?;
+    let r = Resize {
+        op,
+        src: Source::Planar { t: x, chans: c },
+        input: (iw, ih),
+        output: (ow, oh),
+        filter: Filter::Triangle,
+        mode: ResizeMode::Float,
+        order: ResizeOrder::HorizontalFirst,
+        dst: y,
+        dst_at: Planar { off: 0, row: ow, plane: oh * ow },
+    };
+    record_resize(rec, r)
 }
 
 // ---- checks ----
@@ -575,4 +674,66 @@ async fn check_resize_bicubic(gpu: &Gpu) -> CheckResult {
     Ok(format!("float max abs err {float_err:.2e}; Pil8 {:.3}% exact, max diff {max8}", 100.0 * exact))
 }
 
-crate::checks!(check_bilinear, check_resize_bicubic);
+/// f64 twin of torch's antialiased bilinear `interpolate` on [C, H, W], written from torch's
+/// rule (no shared tables): along each axis, output i has center c = (i + 0.5) * s with
+/// s = in / out, support r = max(s, 1), source window [trunc(c - r + 0.5) clamped at 0,
+/// trunc(c + r + 0.5) clamped at in), weights max(0, 1 - |j - c + 0.5| / max(s, 1)) divided by
+/// their sum. Rows first, then columns.
+pub fn resize_aa_bilinear_ref(x: &[f32], c: usize, (ih, iw): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f64> {
+    // Resamples a line of n_in samples read through `get` to n_out samples.
+    fn line(n_in: usize, n_out: usize, get: &dyn Fn(usize) -> f64) -> Vec<f64> {
+        let s = n_in as f64 / n_out as f64;
+        let r = s.max(1.0);
+        (0..n_out)
+            .map(|i| {
+                let center = (i as f64 + 0.5) * s;
+                let lo = ((center - r + 0.5).trunc() as i64).max(0) as usize;
+                let hi = ((center + r + 0.5).trunc() as usize).min(n_in);
+                let ws: Vec<f64> = (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) / r).abs()).max(0.0)).collect();
+                let total: f64 = ws.iter().sum();
+                (lo..hi).zip(&ws).map(|(j, w)| get(j) * w).sum::<f64>() / total
+            })
+            .collect()
+    }
+    let mut rows = vec![0.0; c * ih * ow];
+    for r in 0..c * ih {
+        rows[r * ow..(r + 1) * ow].copy_from_slice(&line(iw, ow, &|j| x[r * iw + j] as f64));
+    }
+    let mut out = vec![0.0; c * oh * ow];
+    for ch in 0..c {
+        for xx in 0..ow {
+            for (yy, v) in line(ih, oh, &|j| rows[(ch * ih + j) * ow + xx]).into_iter().enumerate() {
+                out[(ch * oh + yy) * ow + xx] = v;
+            }
+        }
+    }
+    out
+}
+
+async fn check_resize_aa_bilinear(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(23);
+    let mut worst = 0.0f64;
+    // (C, in h, in w, out h, out w): shrink 2.67x, enlarge 2.4x, mixed directions, one axis
+    // unchanged, an identity, 4 and 5 channels (a partial group of 3), a 1-pixel-high input.
+    let cases = [(3, 40, 40, 15, 15), (3, 5, 5, 12, 12), (2, 9, 30, 13, 7), (1, 6, 10, 6, 4), (4, 7, 7, 7, 7), (5, 33, 17, 8, 17), (1, 1, 9, 4, 3)];
+    for (c, ih, iw, oh, ow) in cases {
+        let x = rng.vec(c * ih * iw, -1.0, 1.0);
+        let xt = Tensor::from_f32(gpu, &[c, ih, iw], DType::F32, &x)?;
+        let y = poisoned(gpu, &[c, oh, ow], DType::F32)?;
+        let mut rec = Recorder::new(gpu);
+        resize_aa_bilinear(&mut rec, &xt, &y)?;
+        rec.finish()?.run(gpu).await?;
+        let got = gpu.read_f32(&y).await?;
+        let want = resize_aa_bilinear_ref(&x, c, (ih, iw), (oh, ow));
+        // |values| <= 1: f32 coefficients and two passes of f32 sums.
+        worst = worst.max(compare(&format!("resize_aa_bilinear {c}x{ih}x{iw} -> {oh}x{ow}"), &got, &want, Tol { abs: 2e-6, rel: 0.0 })?);
+    }
+    let (x, y) = (Tensor::empty(gpu, &[3, 4, 4], DType::F32)?, Tensor::empty(gpu, &[2, 4, 4], DType::F32)?);
+    let mut rec = Recorder::new(gpu);
+    if resize_aa_bilinear(&mut rec, &x, &y).is_ok() || !rec.is_empty() {
+        return Err("resize_aa_bilinear accepted a change of channel count".to_string().into());
+    }
+    Ok(format!("max abs err {worst:.2e} (f32 only)"))
+}
+
+crate::checks!(check_bilinear, check_resize_bicubic, check_resize_aa_bilinear);

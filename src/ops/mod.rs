@@ -16,6 +16,7 @@ pub mod normalise;
 pub mod qmatmul;
 pub mod rope;
 pub mod sample;
+pub mod window;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};
@@ -37,6 +38,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     kv::CHECKS,
     normalise::CHECKS,
     qmatmul::CHECKS,
+    window::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -135,6 +137,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(kv::variants());
     v.extend(normalise::variants());
     v.extend(qmatmul::variants());
+    v.extend(window::variants());
     v
 }
 
@@ -154,6 +157,7 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<norm::SoftmaxParams>("softmax"),
         layout_of::<rope::RopeParams>("rope"),
         layout_of::<attention::AttnParams>("attention"),
+        layout_of::<attention::RelAttnParams>("attention"),
         layout_of::<conv::ConvParams>("conv"),
         layout_of::<conv::Ln2dParams>("conv"),
         layout_of::<interp::BilinearParams>("interp"),
@@ -167,5 +171,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<normalise::NormaliseParams>("normalise"),
         layout_of::<qmatmul::QMatmulParams>("qmatmul"),
         layout_of::<qmatmul::QEmbedParams>("qembed"),
+        layout_of::<window::WindowParams>("window"),
     ]
 }
