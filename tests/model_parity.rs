@@ -64,7 +64,7 @@ fn run_fixture_on(gpu: &dsvl_gpu::Gpu, name: &str, act: DType, tol: f64) {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
     let model = load_on(gpu, &dir, act);
     let image_token = meta["image_token_id"].as_u64().unwrap() as u32;
-    let s = model.cfg.vision.image_size;
+    let s = model.cfg.image_size();
     for case in meta["cases"].as_array().unwrap() {
         let cname = case["name"].as_str().unwrap();
         let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -160,7 +160,7 @@ fn session_reuses_the_cache_across_turns() {
     let image_token = meta["image_token_id"].as_u64().unwrap() as u32;
     let case = meta["cases"].as_array().unwrap().iter().find(|c| c["name"] == "multi_turn").unwrap();
     let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let s = model.cfg.vision.image_size;
+    let s = model.cfg.image_size();
     let (shape, px) = read_f32(&dir.join(case["pixel_values"].as_str().unwrap()));
     let images: Vec<Tensor> = (0..shape[0]).map(|i| Tensor::from_f32(gpu, &[3, s, s], DType::F32, &px[i * 3 * s * s..(i + 1) * 3 * s * s]).unwrap()).collect();
     // The first turn ends at the first EOS (the end of the first answer).
