@@ -3,7 +3,8 @@
 # H200, in one device call:
 #   1. make the checkpoint (bench/real_shapes.py make --hybrid7b: original sharded layout, bf16),
 #   2. `dsvl-gpu bench --quant q4` under a 128 MiB binding limit (the browser's), then without it,
-#   3. the PyTorch reference (bf16, SDPA) on the same weights and prompt.
+#   3. the PyTorch reference (bf16, SDPA) on the same weights and prompt,
+#   4. with PARITY=1: HF's f32 logits against `dsvl-gpu run --dump-logits` in f32 and f16.
 # Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
 # Device call: carry [".gl", ".bin"], command: bash bench/h200-7b.sh
 # Everything goes to $OUT/h200-7b.log; the numbers go into docs/PERFORMANCE.md.
@@ -18,6 +19,9 @@ exec > >(tee "$out/h200-7b.log") 2>&1
 D=/tmp/dsvl-7b
 QUANTS=${QUANTS:-"q4"}
 TORCH=${TORCH:-1}
+PARITY=${PARITY:-0}
+W=/tmp/dsvl-7b-work
+mkdir -p "$W"
 step() { echo "=== $* ($(date +%T))"; }
 
 step environment
@@ -38,5 +42,14 @@ done
 if [ "$TORCH" = 1 ]; then
     step "PyTorch reference (bf16, SDPA)"
     python3 bench/real_shapes.py torch-bench --hybrid7b "$D"
+fi
+if [ "$PARITY" = 1 ]; then
+    step parity
+    python3 bench/real_shapes.py reference "$D" "$W/ref.npy" || exit 1
+    for q in f32 f16; do
+        ./.bin/dsvl-gpu run --model "$D" --image "$D/real.png" --prompt "Describe this image." --quant $q \
+            --dump-logits "$W/ours_$q.npy" --max-new-tokens 8 --json
+    done
+    python3 bench/real_shapes.py compare "$W/ref.npy" "$W/ours_f32.npy" "$W/ours_f16.npy"
 fi
 step done
