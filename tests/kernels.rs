@@ -47,6 +47,7 @@ kernel_tests!(
     check_qlinear_split,
     check_qembed,
     check_window,
+    check_im2col,
 );
 
 #[test]

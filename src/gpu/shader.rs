@@ -18,6 +18,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
+    ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("interp", include_str!("../../shaders/interp.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),

@@ -27,6 +27,8 @@ impl Weights {
             for b in &s.blocks {
                 v.extend([&b.qkv, &b.proj, &b.lin1, &b.lin2].map(|l| (Part::Vision, &l.w)));
             }
+            let necks = std::iter::once(&s.neck).chain(&s.neck_hd).flat_map(|n| [&n.conv1, &n.conv2]);
+            v.extend(necks.chain(&s.downsample).map(|l| (Part::Vision, &l.w)));
         }
         v.extend(self.aligner.hybrid.iter().flat_map(|(h, l)| [h, l]).chain(&self.aligner.layers).map(|l| (Part::Aligner, &l.w)));
         v.push((Part::Embed, &self.llm.embed));
@@ -53,9 +55,8 @@ impl Weights {
                 vectors.extend([&b.norm1_w, &b.norm1_b, &b.norm2_w, &b.norm2_b, &b.rel_h, &b.rel_w]);
             }
             for n in std::iter::once(&s.neck).chain(&s.neck_hd) {
-                vectors.extend([&n.conv1, &n.ln1_w, &n.ln1_b, &n.conv2, &n.ln2_w, &n.ln2_b]);
+                vectors.extend([&n.ln1_w, &n.ln1_b, &n.ln2_w, &n.ln2_b]);
             }
-            vectors.extend(&s.downsample);
         }
         let sam_linears = self.sam.iter().flat_map(|s| s.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.lin1, &b.lin2]).chain([&s.patch]));
         let aligner = self.aligner.hybrid.iter().flat_map(|(h, l)| [h, l]).chain(&self.aligner.layers);

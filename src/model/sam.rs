@@ -11,13 +11,13 @@
 use super::config::{ModelConfig, SamConfig};
 use super::sam_weights::{Neck, SamWeights};
 use super::siglip::{apply, record_aligner, record_tower};
-use super::weights::Weights;
+use super::weights::{Linear, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::ops::attention::{attention_rel_pos, AttnShape, RelPos};
-use crate::ops::conv::{conv2d, layernorm2d, Conv2d, ConvLayout};
 use crate::ops::elementwise::{binary, Binary};
-use crate::ops::interp::{bilinear, resize_aa_bilinear};
+use crate::ops::im2col::{im2col, Window};
+use crate::ops::interp::resize_aa_bilinear;
 use crate::ops::matmul::Act;
 use crate::ops::norm::layernorm;
 use crate::ops::normalise::channel_affine;
@@ -39,34 +39,38 @@ pub(crate) fn record_pixel_norm(rec: &mut Recorder, x: &Tensor, norm: Option<([f
 }
 
 /// Neck, bilinear resize to `side` and the downsample convs: tokens [g*g, width] of the SAM
-/// grid → tokens [(side >> convs)^2, channels].
-fn record_neck_down(rec: &mut Recorder, s: &SamConfig, neck: &Neck, down: &[Tensor], x: &Tensor, side: usize, act: DType) -> Result<Tensor> {
+/// grid → tokens [(side >> convs)^2, channels]. Token-major throughout: LayerNorm2d is a row
+/// LayerNorm, each conv one GEMM over im2col rows, the resize sampled by the first
+/// downsample's im2col.
+fn record_neck_down(rec: &mut Recorder, s: &SamConfig, neck: &Neck, down: &[Linear], x: &Tensor, side: usize, act: DType) -> Result<Tensor> {
     let g = rec.gpu;
     let grid = s.grid();
-    let chw = |c: usize, h: usize| Tensor::empty(g, &[c, h, h], act);
-    let plain = Conv2d { stride: (1, 1), pad: (0, 0), input: ConvLayout::Tokens, output: ConvLayout::Chw };
-    let c1 = chw(s.neck, grid)?;
-    conv2d(rec, x, (grid, grid), &neck.conv1, None, &plain, &c1)?;
-    let l1 = chw(s.neck, grid)?;
-    layernorm2d(rec, &c1, &neck.ln1_w, &neck.ln1_b, NECK_EPS, &l1)?;
-    let c2 = chw(s.neck, grid)?;
-    conv2d(rec, &l1, (grid, grid), &neck.conv2, None, &Conv2d { pad: (1, 1), input: ConvLayout::Chw, ..plain }, &c2)?;
-    let l2 = chw(s.neck, grid)?;
-    layernorm2d(rec, &c2, &neck.ln2_w, &neck.ln2_b, NECK_EPS, &l2)?;
-    let mut cur = chw(s.neck, side)?;
-    bilinear(rec, &l2, &cur)?;
-    let mut hw = side;
-    for (i, w) in down.iter().enumerate() {
-        let last = i + 1 == down.len();
-        let cfg = Conv2d { stride: (2, 2), pad: (1, 1), input: ConvLayout::Chw, output: if last { ConvLayout::Tokens } else { ConvLayout::Chw } };
-        let (ho, wo) = cfg.out_hw((hw, hw), (3, 3))?;
-        let cout = w.shape()[0];
-        let y = if last { Tensor::empty(g, &[ho * wo, cout], act)? } else { chw(cout, ho)? };
-        conv2d(rec, &cur, (hw, hw), w, None, &cfg, &y)?;
-        (cur, hw) = (y, ho);
-    }
+    let n = grid * grid;
+    let rows = |r: usize, c: usize| Tensor::empty(g, &[r, c], act);
+    let t1 = rows(n, s.neck)?;
+    apply(rec, &neck.conv1, &Rows::all(x), Act::None, false, &Rows::all(&t1))?;
+    let l1 = rows(n, s.neck)?;
+    layernorm(rec, &Rows::all(&t1), &neck.ln1_w, &neck.ln1_b, NECK_EPS, &Rows::all(&l1))?;
+    let same = Window { k: 3, stride: 1, pad: 1 };
+    let col = rows(n, s.neck * 9)?;
+    im2col(rec, &l1, (grid, grid), same, None, &col)?;
+    let t2 = rows(n, s.neck)?;
+    apply(rec, &neck.conv2, &Rows::all(&col), Act::None, false, &Rows::all(&t2))?;
+    let mut cur = rows(n, s.neck)?;
+    layernorm(rec, &Rows::all(&t2), &neck.ln2_w, &neck.ln2_b, NECK_EPS, &Rows::all(&cur))?;
     if down.is_empty() {
         return Err(Error::Invalid("the SAM tower has no downsample convs".into()));
+    }
+    let (mut hw, mut up) = ((grid, grid), Some((side, side)));
+    let half = Window { k: 3, stride: 2, pad: 1 };
+    for d in down {
+        let (ch, cw) = up.unwrap_or(hw);
+        let (ho, wo) = (half.out(ch), half.out(cw));
+        let col = rows(ho * wo, d.w.cols())?;
+        im2col(rec, &cur, hw, half, up.take(), &col)?;
+        let y = rows(ho * wo, d.w.rows())?;
+        apply(rec, d, &Rows::all(&col), Act::None, false, &Rows::all(&y))?;
+        (cur, hw) = (y, (ho, wo));
     }
     Ok(cur)
 }

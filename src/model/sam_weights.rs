@@ -12,7 +12,7 @@ use super::weights::{decode, named, weight_err, Linear, Loader, Planned};
 use crate::error::Result;
 use crate::gpu::{DType, Tensor};
 use crate::ops::convert::upload_matrix;
-use crate::quant::Part;
+use crate::quant::{Part, Weight};
 
 pub struct SamBlock {
     pub norm1_w: Tensor,
@@ -31,12 +31,13 @@ pub struct SamBlock {
     pub window: Option<usize>,
 }
 
-/// conv1x1 → LayerNorm2d → conv3x3 → LayerNorm2d; convs [Cout, Cin, k, k] in the activation dtype.
+/// conv1x1 → LayerNorm2d → conv3x3 → LayerNorm2d. Convs are matrices [Cout, Cin*k*k] (columns
+/// in PyTorch's (c, ky, kx) order) in the activation dtype, run as GEMMs over im2col rows.
 pub struct Neck {
-    pub conv1: Tensor,
+    pub conv1: Linear,
     pub ln1_w: Tensor,
     pub ln1_b: Tensor,
-    pub conv2: Tensor,
+    pub conv2: Linear,
     pub ln2_w: Tensor,
     pub ln2_b: Tensor,
 }
@@ -52,8 +53,8 @@ pub struct SamWeights {
     /// folded into its last LayerNorm (the paths after it are linear and bias-free). None when
     /// alpha is zero: the path adds nothing.
     pub neck_hd: Option<Neck>,
-    /// The stride-2 3x3 convs after the bilinear resize.
-    pub downsample: Vec<Tensor>,
+    /// The stride-2 3x3 convs after the bilinear resize, as `Neck`'s convs.
+    pub downsample: Vec<Linear>,
 }
 
 struct SamNames {
@@ -166,16 +167,13 @@ pub(super) fn plan(layout: Layout, s: &SamConfig, out: &mut Vec<Planned>) {
 }
 
 impl Loader<'_> {
-    /// A conv weight [Cout, Cin, k, k] in the activation dtype (converted on the GPU).
-    async fn conv(&mut self, name: &str, (co, ci, k): (usize, usize, usize)) -> Result<Tensor> {
-        let shape = [co, ci, k, k];
-        let (t, bytes, file) = self.get(name, &shape).await?;
+    /// A conv weight [Cout, Cin, k, k] as a [Cout, Cin*k*k] matrix in the activation dtype
+    /// (converted on the GPU).
+    async fn conv(&mut self, name: &str, (co, ci, k): (usize, usize, usize)) -> Result<Linear> {
+        let (t, bytes, file) = self.get(name, &[co, ci, k, k]).await?;
         let m = upload_matrix(self.gpu, co, ci * k * k, t.dtype, &bytes, self.act, usize::MAX).await.map_err(|e| named(e, file, name))?;
         self.tick(bytes.len());
-        match m.parts.as_slice() {
-            [(0, part)] => part.reshape(&shape),
-            _ => Err(weight_err(file, name, "a conv weight larger than one GPU binding")),
-        }
+        Ok(Linear { w: Weight::Dense(m), b: None })
     }
 
     /// A small tensor decoded on the host, in f32.

@@ -25,6 +25,8 @@ params_struct!(RelAttnParams("RelAttnParams") {
 const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 const ATTN: Kernel = Kernel { shader: "attention", entry: "attention", binds: BINDS };
 const COMBINE: Kernel = Kernel { shader: "attention", entry: "attn_combine", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite] };
+/// Split attention of 128-wide heads on 32-wide subgroups (decode), `shaders/attention_decode.wgsl`.
+const DECODE: Kernel = Kernel { shader: "attention_decode", entry: "attn_decode", binds: BINDS };
 const REL: Kernel = Kernel { shader: "attention", entry: "attention_rel", binds: BINDS };
 const REL_BIAS: Kernel =
     Kernel { shader: "attention", entry: "attn_rel_bias", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite] };
@@ -47,6 +49,10 @@ pub fn variants() -> Vec<PipelineKey> {
             let mut comb = base.clone();
             comb.push("COMBINE");
             v.push(PipelineKey::new(COMBINE, &comb, &[]));
+            if hd == "HD128" {
+                let f: &[&str] = if f16 { &["F16", "SUBGROUPS"] } else { &["SUBGROUPS"] };
+                v.push(PipelineKey::new(DECODE, f, &[]));
+            }
             if hd != "HD128" {
                 let mut rel = base.clone();
                 rel.push("RELPOS");
@@ -141,9 +147,16 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
     }
     let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
-    let mut split = flags.clone();
-    split.push("SPLIT");
-    rec.dispatch(&PipelineKey::new(ATTN, &split, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
+    let caps = &rec.gpu.caps;
+    if s.head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
+        let mut f = act_flags(op, dt)?.to_vec();
+        f.push("SUBGROUPS");
+        rec.dispatch(&PipelineKey::new(DECODE, &f, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
+    } else {
+        let mut split = flags.clone();
+        split.push("SPLIT");
+        rec.dispatch(&PipelineKey::new(ATTN, &split, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
+    }
     flags.push("COMBINE");
     rec.dispatch(&PipelineKey::new(COMBINE, &flags, &[]), &params, &[seq, &part, o.t], [q.rows as u32, s.heads as u32, 1])
 }

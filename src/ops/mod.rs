@@ -7,6 +7,7 @@ pub mod conv;
 pub mod convert;
 pub mod elementwise;
 pub mod embedding;
+pub mod im2col;
 pub mod interp;
 pub mod kv;
 pub mod matmul;
@@ -39,6 +40,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     normalise::CHECKS,
     qmatmul::CHECKS,
     window::CHECKS,
+    im2col::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -138,6 +140,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(normalise::variants());
     v.extend(qmatmul::variants());
     v.extend(window::variants());
+    v.extend(im2col::variants());
     v
 }
 
@@ -172,5 +175,7 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<qmatmul::QMatmulParams>("qmatmul"),
         layout_of::<qmatmul::QEmbedParams>("qembed"),
         layout_of::<window::WindowParams>("window"),
+        layout_of::<im2col::Im2colParams>("im2col"),
+        layout_of::<attention::AttnParams>("attention_decode"),
     ]
 }
