@@ -20,6 +20,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
+    ("matmul_coop_staged", include_str!("../../shaders/matmul_coop_staged.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("interp", include_str!("../../shaders/interp.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),

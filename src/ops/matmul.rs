@@ -23,6 +23,10 @@ const GEMV: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: BINDS };
 const GEMV_NORM: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read] };
 /// Tensor cores (Caps::coop16): f16 x and W only.
 const GEMM_COOP: Kernel = Kernel { shader: "matmul_coop", entry: "gemm_coop", binds: BINDS };
+/// The tensor-core GEMM with operand tiles staged through workgroup memory (`shaders/matmul_coop_staged.wgsl`).
+const GEMM_COOP_STAGED: Kernel = Kernel { shader: "matmul_coop_staged", entry: "gemm_coop_staged", binds: GEMM.binds };
+/// Workgroup memory the staged kernel declares: two stages of 64 + 128 rows of 40 f16, and 4 KiB of results.
+const STAGED_WG_BYTES: u32 = (2 * (64 + 128) * 40) * 2 + 4096;
 
 /// Rows up to which the GEMV kernel is used (its per-workgroup row capacity).
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -64,7 +68,14 @@ pub fn variants() -> Vec<PipelineKey> {
         }
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
+    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[]));
     v
+}
+
+/// Whether tensor-core GEMMs stage their tiles through workgroup memory: where the adapter
+/// gives the workgroup memory, unless `DSVL_COOP_STAGED=0` (the direct-load kernel, for comparison).
+fn coop_staged(gpu: &Gpu) -> bool {
+    gpu.caps.max_workgroup_storage >= STAGED_WG_BYTES && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
 }
 
 /// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop
@@ -198,6 +209,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     }
     let tuning = gemv_tuning(w.rows);
     let coop = !gemv && coop_fits(rec.gpu, x, w, m, k);
+    let staged = coop && coop_staged(rec.gpu);
     if norm.is_some() {
         if !flags.contains(&"VEC") {
             return Err(shape_err(op, "a fused norm needs the GEMV's 16-byte loads".into()));
@@ -208,6 +220,8 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else if coop && staged {
+        PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[])
     } else if coop {
         PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
     } else {
@@ -234,6 +248,8 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         let wg = if gemv {
             let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
             [gx, gy, m as u32]
+        } else if coop && staged {
+            [(pn as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
         } else if coop {
             [(pn as u32).div_ceil(32 * coop_tuning().0), (m as u32).div_ceil(64), 1]
         } else {

@@ -1,0 +1,165 @@
+// y[m, n_off + n] = epilogue(sum_k x[m, k] * W[n, k] + bias[bias_off + n]) on cooperative
+// matrices, with the operand tiles staged through workgroup memory: each 32-deep k step, the
+// 128 threads copy a 64 x 32 tile of x and a 128 x 32 tile of W with 16-byte loads (coalesced:
+// consecutive threads take consecutive 16-byte pieces of a row), and the 4 subgroups read their
+// 16x16 operands from there. Two stages: the next step's loads are issued into registers before
+// this step's multiplies and stored after them, so one barrier per step suffices. Rows past M
+// or N repeat the last row (their results are not stored); k past K reads zeros.
+// Same parameters and epilogue as matmul.wgsl; f16 x and W (16-byte aligned rows), f32 sums.
+enable wgpu_cooperative_matrix;
+
+alias T = f16;
+
+#include matmul_params
+
+@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> w8: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f16>;
+
+#include gelu
+#include epilogue
+
+const BM: u32 = 64u;
+const BN: u32 = 128u;
+const BK: u32 = 32u;
+// Row pitch of the staged tiles in f16: 8 more than BK keeps rows on different banks.
+const S: u32 = 40u;
+var<workgroup> As: array<f16, 5120>; // 2 stages x BM x S
+var<workgroup> Bs: array<f16, 10240>; // 2 stages x BN x S
+// One 16x16 f32 result per subgroup at a time, row-major, for the epilogue.
+var<workgroup> cs: array<f32, 1024>;
+
+// The 16-byte piece `c` (of BK/8 per row) of row `r` of a tile: x rows for A, W rows for B.
+fn load_a(m0: u32, k0: u32, c: u32) -> vec4<u32> {
+    let m = min(m0 + c / 4u, p.m - 1u);
+    let k = k0 + 8u * (c % 4u);
+    if (k >= p.k) { return vec4<u32>(0u); }
+    return x8[(p.x_off + m * p.x_stride + k) / 8u];
+}
+
+fn load_b(n0: u32, k0: u32, c: u32) -> vec4<u32> {
+    let n = min(n0 + c / 4u, p.n - 1u);
+    let k = k0 + 8u * (c % 4u);
+    if (k >= p.k) { return vec4<u32>(0u); }
+    return w8[(n * p.k + k) / 8u];
+}
+
+fn put_a(stage: u32, c: u32, v: vec4<u32>) {
+    let at = stage * (BM * S) + (c / 4u) * S + 8u * (c % 4u);
+    // f16 pairs through f32 (exact: every f16 is an f32).
+    let h0 = vec2<f16>(unpack2x16float(v.x));
+    let h1 = vec2<f16>(unpack2x16float(v.y));
+    let h2 = vec2<f16>(unpack2x16float(v.z));
+    let h3 = vec2<f16>(unpack2x16float(v.w));
+    As[at] = h0.x; As[at + 1u] = h0.y; As[at + 2u] = h1.x; As[at + 3u] = h1.y;
+    As[at + 4u] = h2.x; As[at + 5u] = h2.y; As[at + 6u] = h3.x; As[at + 7u] = h3.y;
+}
+
+fn put_b(stage: u32, c: u32, v: vec4<u32>) {
+    let at = stage * (BN * S) + (c / 4u) * S + 8u * (c % 4u);
+    // f16 pairs through f32 (exact: every f16 is an f32).
+    let h0 = vec2<f16>(unpack2x16float(v.x));
+    let h1 = vec2<f16>(unpack2x16float(v.y));
+    let h2 = vec2<f16>(unpack2x16float(v.z));
+    let h3 = vec2<f16>(unpack2x16float(v.w));
+    Bs[at] = h0.x; Bs[at + 1u] = h0.y; Bs[at + 2u] = h1.x; Bs[at + 3u] = h1.y;
+    Bs[at + 4u] = h2.x; Bs[at + 5u] = h2.y; Bs[at + 6u] = h3.x; Bs[at + 7u] = h3.y;
+}
+
+// Writes one subgroup's 16x16 tile at (mc, nc), the parts inside the matrix.
+fn emit(c: coop_mat16x16<f32, C>, sid: u32, lane: u32, mc: u32, nc: u32) {
+    coopStoreT(c, &cs[sid * 256u], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        let m = mc + e / 16u;
+        let n = nc + e % 16u;
+        if (m < p.m && n < p.n) {
+            finish(m, n, cs[sid * 256u + e]);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(128)
+fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m_base = wid.y * BM;
+    let n_base = wid.x * BN;
+    // This subgroup's 2 x 4 tiles of 16x16 inside the workgroup's 64 x 128.
+    let mr = (sid / 2u) * 32u;
+    let nr = (sid % 2u) * 64u;
+    var c00: coop_mat16x16<f32, C>;
+    var c01: coop_mat16x16<f32, C>;
+    var c02: coop_mat16x16<f32, C>;
+    var c03: coop_mat16x16<f32, C>;
+    var c10: coop_mat16x16<f32, C>;
+    var c11: coop_mat16x16<f32, C>;
+    var c12: coop_mat16x16<f32, C>;
+    var c13: coop_mat16x16<f32, C>;
+    let steps = (p.k + BK - 1u) / BK;
+    var ra0 = load_a(m_base, 0u, t);
+    var ra1 = load_a(m_base, 0u, t + 128u);
+    var rb0 = load_b(n_base, 0u, t);
+    var rb1 = load_b(n_base, 0u, t + 128u);
+    var rb2 = load_b(n_base, 0u, t + 256u);
+    var rb3 = load_b(n_base, 0u, t + 384u);
+    put_a(0u, t, ra0);
+    put_a(0u, t + 128u, ra1);
+    put_b(0u, t, rb0);
+    put_b(0u, t + 128u, rb1);
+    put_b(0u, t + 256u, rb2);
+    put_b(0u, t + 384u, rb3);
+    workgroupBarrier();
+    for (var s = 0u; s < steps; s++) {
+        let cur = s % 2u;
+        let more = s + 1u < steps;
+        if (more) {
+            let k1 = (s + 1u) * BK;
+            ra0 = load_a(m_base, k1, t);
+            ra1 = load_a(m_base, k1, t + 128u);
+            rb0 = load_b(n_base, k1, t);
+            rb1 = load_b(n_base, k1, t + 128u);
+            rb2 = load_b(n_base, k1, t + 256u);
+            rb3 = load_b(n_base, k1, t + 384u);
+        }
+        let ab = cur * (BM * S) + mr * S;
+        let bb = cur * (BN * S) + nr * S;
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + kk], S);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + 16u * S + kk], S);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + kk], S);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 16u * S + kk], S);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 32u * S + kk], S);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 48u * S + kk], S);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+        }
+        if (more) {
+            let nxt = 1u - cur;
+            put_a(nxt, t, ra0);
+            put_a(nxt, t + 128u, ra1);
+            put_b(nxt, t, rb0);
+            put_b(nxt, t + 128u, rb1);
+            put_b(nxt, t + 256u, rb2);
+            put_b(nxt, t + 384u, rb3);
+        }
+        workgroupBarrier();
+    }
+    let m0 = m_base + mr;
+    let n0 = n_base + nr;
+    emit(c00, sid, lane, m0, n0);
+    emit(c01, sid, lane, m0, n0 + 16u);
+    emit(c02, sid, lane, m0, n0 + 32u);
+    emit(c03, sid, lane, m0, n0 + 48u);
+    emit(c10, sid, lane, m0 + 16u, n0);
+    emit(c11, sid, lane, m0 + 16u, n0 + 16u);
+    emit(c12, sid, lane, m0 + 16u, n0 + 32u);
+    emit(c13, sid, lane, m0 + 16u, n0 + 48u);
+}
