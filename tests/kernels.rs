@@ -44,6 +44,7 @@ kernel_tests!(
     check_qlinear,
     check_qlinear_split,
     check_qembed,
+    check_quantise,
 );
 
 #[test]

@@ -29,6 +29,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("normalise", include_str!("../../shaders/normalise.wgsl")),
     ("qmatmul", include_str!("../../shaders/qmatmul.wgsl")),
     ("qembed", include_str!("../../shaders/qembed.wgsl")),
+    ("quantise", include_str!("../../shaders/quantise.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

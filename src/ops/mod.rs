@@ -14,6 +14,7 @@ pub mod norm;
 pub mod patchify;
 pub mod normalise;
 pub mod qmatmul;
+pub mod quantise;
 pub mod rope;
 pub mod sample;
 
@@ -37,6 +38,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     kv::CHECKS,
     normalise::CHECKS,
     qmatmul::CHECKS,
+    quantise::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -135,6 +137,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(kv::variants());
     v.extend(normalise::variants());
     v.extend(qmatmul::variants());
+    v.extend(quantise::variants());
     v
 }
 
@@ -167,5 +170,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<normalise::NormaliseParams>("normalise"),
         layout_of::<qmatmul::QMatmulParams>("qmatmul"),
         layout_of::<qmatmul::QEmbedParams>("qembed"),
+        layout_of::<quantise::QuantParams>("quantise"),
     ]
 }
