@@ -212,6 +212,17 @@ impl Quantiser {
         self.note = Some(format!("{why}; quantising on the CPU"));
     }
 
+    /// Checks `pieces` (tensor names, each [rows_i, cols]) can be quantised and, on the GPU,
+    /// probes each of their dtypes with `fmt` once per load: afterwards `on` and `note` say
+    /// where `quantise` will run.
+    pub async fn prepare(&mut self, gpu: &Gpu, src: &TensorSource, pieces: &[(&str, usize)], fmt: QFormat) -> Result<()> {
+        for &(name, _) in pieces {
+            let (t, _) = src.need_info(name)?;
+            self.check(gpu, fmt, t.dtype).await;
+        }
+        Ok(())
+    }
+
     /// The checkpoint matrices `pieces` (tensor names, each [rows_i, cols]) stacked row-wise and
     /// quantised into one matrix in `fmt`. `tick(bytes, tensors)` follows the checkpoint bytes
     /// read and the tensors finished.
@@ -224,9 +235,7 @@ impl Quantiser {
             }
             infos.push((name, rows, t.dtype, file));
         }
-        for &(_, _, from, _) in &infos {
-            self.check(gpu, fmt, from).await;
-        }
+        self.prepare(gpu, src, pieces, fmt).await?;
         match self.on {
             QuantOn::Gpu => on_gpu(gpu, src, &infos, cols, fmt, tick).await,
             QuantOn::Cpu => on_cpu(gpu, src, &infos, cols, fmt, tick).await,
