@@ -135,7 +135,8 @@ fn div_rn(a: f32, b: f32) -> f32 {
     let aa = ab & 0x7fffffffu;
     let ba = bb & 0x7fffffffu;
     if (aa > 0x7f800000u || ba > 0x7f800000u || (aa == 0u && ba == 0u) || (aa == 0x7f800000u && ba == 0x7f800000u)) {
-        return bitcast<f32>(0x7fc00000u);
+        // A NaN (built at run time: WGSL rejects a constant one).
+        return bitcast<f32>(0x7fc00000u | p.zero);
     }
     if (aa == 0x7f800000u || ba == 0u) {
         return bitcast<f32>(sign | 0x7f800000u);
