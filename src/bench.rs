@@ -48,6 +48,7 @@ async fn time_list(gpu: &Gpu, list: &StepList, reps: usize, trials: usize) -> Re
     Ok((med, (times[times.len() - 1] - times[0]) / med))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bench_linear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, w: DType, reps: usize, trials: usize) -> Result<BenchRow> {
     let mut rng = Rng::new(7);
     let x = Tensor::from_f32(gpu, &[m, k], act, &rng.normals(m * k, 1.0))?;
@@ -63,6 +64,7 @@ async fn bench_linear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, w: DT
 }
 
 /// `linear` with a quantised weight: GB/s counts the packed bytes read.
+#[allow(clippy::too_many_arguments)]
 async fn bench_qlinear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, fmt: crate::quant::QFormat, reps: usize, trials: usize) -> Result<BenchRow> {
     let mut rng = Rng::new(9);
     let x = Tensor::from_f32(gpu, &[m, k], act, &rng.normals(m * k, 1.0))?;
@@ -78,6 +80,7 @@ async fn bench_qlinear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, fmt:
     Ok(BenchRow { name: format!("{kind} {m}x{k}->{n} x:{act} w:{fmt}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, spread })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType, causal: bool, reps: usize, trials: usize) -> Result<BenchRow> {
     let mut rng = Rng::new(8);
     let w = heads * d;
@@ -157,13 +160,21 @@ fn out_rows(gpu: &Gpu, bytes: usize) -> Result<Tensor> {
     Tensor::empty(gpu, &[crate::ops::bandwidth::read_threads((rows as u32).div_ceil(8)) * 4], DType::U32)
 }
 
-/// CPU quantisation speed (what loading with int8/int4 recipes costs) on a 5632x2048 matrix:
-/// weights per second in the row's name, GB/s of f32 input in its own column.
-fn bench_quantise(quick: bool) -> Result<Vec<BenchRow>> {
-    use crate::quant::{Packed, QFormat};
+/// Quantisation speed (what loading with int8/int4 recipes costs) on a 5632x2048 matrix, weights
+/// per second in each row's name: the CPU twin over the CPU's threads from f32 (GB/s of f32 in
+/// the GB/s column); the GPU kernel on bf16 rows already on the GPU (GB/s of bf16 read); and the
+/// GPU path as loading runs it, bf16 rows from host memory uploaded in chunks and quantised,
+/// until the GPU is done (GB/s of bf16 uploaded).
+async fn bench_quantise(gpu: &Gpu, quick: bool, reps: usize, trials: usize) -> Result<Vec<BenchRow>> {
+    use crate::ops::convert::Source;
+    use crate::ops::quantise::{encode, quantise, RawRows};
+    use crate::quant::{GpuQuantiser, Packed, QFormat};
     let (rows, cols) = if quick { (256, 2048) } else { (5632, 2048) };
     let w = Rng::new(5).normals(rows * cols, 0.02);
+    let (bf16_bytes, _) = encode(Source::BF16, &w);
     let threads = crate::quant::cpu::threads_for(rows * cols);
+    let n = (rows * cols) as f64;
+    let spread = |t: &[f64]| (t[t.len() - 1] - t[0]) / t[t.len() / 2];
     let mut out = Vec::new();
     for fmt in [QFormat::q8(128), QFormat::q4(32, true), QFormat::q4(32, false)] {
         let mut times = Vec::new();
@@ -174,9 +185,41 @@ fn bench_quantise(quick: bool) -> Result<Vec<BenchRow>> {
         }
         times.sort_by(f64::total_cmp);
         let ms = times[times.len() / 2];
-        let n = (rows * cols) as f64;
-        let name = format!("quantise (CPU, {threads} threads) {fmt} {rows}x{cols}: {:.0} M weights/s", n / ms / 1e3);
-        out.push(BenchRow { name, ms, gflops: 0.0, gbs: 4.0 * n / ms / 1e6, spread: (times[times.len() - 1] - times[0]) / ms });
+        let name = format!("quantise (CPU, {threads} threads) {fmt} {rows}x{cols} from f32: {:.0} M weights/s", n / ms / 1e3);
+        out.push(BenchRow { name, ms, gflops: 0.0, gbs: 4.0 * n / ms / 1e6, spread: spread(&times) });
+
+        // The kernel alone: the rows already on the GPU, one dispatch replayed.
+        let raw = Tensor::from_bytes(gpu, &[bf16_bytes.len() / 4], DType::U32, &bf16_bytes)?;
+        let target = GpuQuantiser::new(gpu, fmt, rows, cols)?.finish();
+        let bad = Tensor::from_u32(gpu, &[1], &[u32::MAX])?;
+        let mut rec = Recorder::new(gpu);
+        for part in &target.parts {
+            let bytes = part.row0 * cols * 2;
+            let chunk = raw.view(bytes / 4, &[part.rows * cols * 2 / 4])?;
+            quantise(&mut rec, &RawRows { t: &chunk, from: Source::BF16, rows: part.rows, cols }, fmt, part, 0, part.row0, &bad)?;
+        }
+        let (ms, sp) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+        let name = format!("quantise (GPU kernel) {fmt} {rows}x{cols} from bf16 on the GPU: {:.0} M weights/s", n / ms / 1e3);
+        out.push(BenchRow { name, ms, gflops: 0.0, gbs: 2.0 * n / ms / 1e6, spread: sp });
+
+        // As loading runs it: host bytes in chunks, uploaded and quantised, then the GPU waited for.
+        let mut times = Vec::new();
+        for _ in 0..if quick { 1 } else { trials.max(3) } {
+            let t = Instant::now();
+            let q = GpuQuantiser::new(gpu, fmt, rows, cols)?;
+            let mut r = 0;
+            while r < rows {
+                let k = q.chunk_rows(r, Source::BF16, 64 << 20)?;
+                q.push(r, Source::BF16, &bf16_bytes[r * cols * 2..(r + k) * cols * 2]).await?;
+                r += k;
+            }
+            q.first_bad_row().await?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        let name = format!("quantise (GPU, upload + kernel) {fmt} {rows}x{cols} from bf16 in host memory: {:.0} M weights/s", n / ms / 1e3);
+        out.push(BenchRow { name, ms, gflops: 0.0, gbs: 2.0 * n / ms / 1e6, spread: spread(&times) });
     }
     Ok(out)
 }
@@ -222,7 +265,7 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         }
     }
     if want("quantise") {
-        rows.extend(bench_quantise(quick)?);
+        rows.extend(bench_quantise(gpu, quick, reps, trials).await?);
     }
     if want("memory") {
         rows.extend(bench_memory(gpu, if quick { 64 << 20 } else { 1 << 30 }, reps, trials).await?);

@@ -152,9 +152,9 @@ fn weight_bytes_per_parameter() {
     }
 }
 
-/// Load-time quantisation uploads exactly what the CPU twin makes of the checkpoint's values,
-/// and a quantised file that
-/// lacks its format or has the wrong shapes fails with the tensor named, before any upload.
+/// Load-time quantisation (on the GPU by default; on the CPU under DSVL_CPU_QUANT=1) uploads
+/// exactly what the CPU twin makes of the checkpoint's values, and a quantised file that lacks
+/// its format or has the wrong shapes fails with the tensor named, before any upload.
 #[test]
 fn loaded_codes_are_the_cpu_twins_and_bad_files_are_named() {
     use dsvl_gpu::quant::{file, Packed, QFormat, Weight};
@@ -215,4 +215,103 @@ fn loaded_codes_are_the_cpu_twins_and_bad_files_are_named() {
     let e = load_err(&edit(&|n, s| (n == scales).then(|| vec![s[0] / 2, s[1] * 2]), None));
     assert!(e.contains(&format!("`{scales}`")) && e.contains("expected F16 [512, 2]"), "{e}");
     std::fs::remove_dir_all(out).ok();
+}
+
+/// The codes and scales of every quantised matrix of `w`, read back (tied tables once).
+fn packed_of(w: &dsvl_gpu::model::Weights) -> Vec<dsvl_gpu::quant::Packed> {
+    use dsvl_gpu::quant::{Packed, Weight};
+    let gpu = common::gpu();
+    let mut out = Vec::new();
+    for (_, m) in w.matrices() {
+        let Weight::Quant(q) = m else { continue };
+        let (mut codes, mut scales) = (Vec::new(), Vec::new());
+        for p in &q.parts {
+            codes.extend(pollster::block_on(gpu.read_u32(&p.codes)).unwrap());
+            let s = pollster::block_on(gpu.read_u32(&p.scales)).unwrap();
+            let halves: Vec<half::f16> = bytemuck::cast_slice(&s).to_vec();
+            scales.extend_from_slice(&halves[..p.rows * q.layout.row_scales]);
+        }
+        out.push(Packed { fmt: q.fmt, rows: q.rows, cols: q.cols, codes, scales });
+    }
+    out
+}
+
+/// Loads `dir` with `recipe`, quantising where `on` says: the weights, the logits of `case` and
+/// every progress report.
+fn load_on(dir: &Path, recipe: &Recipe, on: dsvl_gpu::quant::QuantOn, case: &Case, image_token: u32) -> (dsvl_gpu::model::Weights, Vec<f32>, Vec<dsvl_gpu::model::weights::LoadProgress>) {
+    use dsvl_gpu::model::weights::{load_weights_opts, LoadOptions};
+    let gpu = common::gpu();
+    let cfg = config(dir);
+    let src = TensorSource::open_dir(dir).unwrap();
+    let mut seen = Vec::new();
+    let w = pollster::block_on(load_weights_opts(gpu, &cfg, &src, recipe, DType::F32, &LoadOptions { quantise_on: on }, &mut |p| seen.push(p.clone()))).unwrap();
+    let s = cfg.vision.image_size;
+    let model = dsvl_gpu::model::vlm::Model::new(gpu, cfg, w, DType::F32).unwrap();
+    let images: Vec<_> = case.pixels.iter().map(|p| dsvl_gpu::Tensor::from_f32(gpu, &[3, s, s], DType::F32, p).unwrap()).collect();
+    let logits = pollster::block_on(model.prefill_logits(gpu, &case.ids, image_token, &images, dsvl_gpu::model::llama::LogitRows::Last)).unwrap();
+    (model.weights, logits, seen)
+}
+
+/// Quantising at load on the GPU gives the CPU twin's codes and scales for every matrix, bit for
+/// bit, so the logits are the same numbers (tolerance: none). Both layouts (the HF one stacks
+/// separately quantised q, k and v), every recipe; the quantise stage is reported from nothing
+/// to its totals, on the GPU.
+#[test]
+fn gpu_quantised_at_load_equals_cpu_quantised() {
+    use dsvl_gpu::model::weights::LoadProgress;
+    use dsvl_gpu::quant::QuantOn;
+    for (fx, recipe) in [("tiny-orig", "q8"), ("tiny-orig", "q4"), ("tiny-hf", "mixed"), ("tiny-orig", "q4g64,embed=q8c,lm_head=q4g32")] {
+        let dir = fixture(fx);
+        let recipe = Recipe::parse(recipe).unwrap();
+        let (cases, image_token) = cases(&dir, &["one_image"]);
+        let (wg, lg, seen) = load_on(&dir, &recipe, QuantOn::Gpu, &cases[0], image_token);
+        let (wc, lc, seen_cpu) = load_on(&dir, &recipe, QuantOn::Cpu, &cases[0], image_token);
+        let (pg, pc) = (packed_of(&wg), packed_of(&wc));
+        assert!(!pg.is_empty() && pg.len() == pc.len(), "{fx} {}: {} and {} quantised matrices", recipe.name(), pg.len(), pc.len());
+        for (i, (g, c)) in pg.iter().zip(&pc).enumerate() {
+            assert!(g == c, "{fx} {}: matrix {i} ({} [{}, {}]) differs between GPU and CPU quantisation", recipe.name(), g.fmt, g.rows, g.cols);
+        }
+        assert_eq!(lg, lc, "{fx} {}: logits", recipe.name());
+        let stages: Vec<_> = seen.iter().filter_map(|p| match p {
+            LoadProgress::Quantise { done, total, tensors, tensors_total, on, note } => Some((*done, *total, *tensors, *tensors_total, *on, note.clone())),
+            LoadProgress::Upload { .. } => None,
+        }).collect();
+        let (first, last) = (stages.first().unwrap(), stages.last().unwrap());
+        assert_eq!((first.0, first.2), (0, 0), "{fx}: the quantise stage starts from nothing");
+        assert!(last.0 == last.1 && last.2 == last.3 && last.3 > 0, "{fx}: the quantise stage ends at {last:?}");
+        assert!(stages.iter().all(|s| s.4 == QuantOn::Gpu && s.5.is_none()), "{fx}: quantised off the GPU: {last:?}");
+        let cpu_last = seen_cpu.iter().rev().find_map(|p| match p {
+            LoadProgress::Quantise { on, tensors, .. } => Some((*on, *tensors)),
+            LoadProgress::Upload { .. } => None,
+        });
+        assert_eq!(cpu_last, Some((QuantOn::Cpu, last.3)), "{fx}: the CPU load's quantise stage");
+        let uploads: Vec<(u64, u64)> = seen.iter().filter_map(|p| if let LoadProgress::Upload { done, total } = p { Some((*done, *total)) } else { None }).collect();
+        let (done, total) = *uploads.last().unwrap();
+        assert_eq!(done, total, "{fx}: upload progress ends at its total");
+        eprintln!("{fx} {}: {} matrices quantised on the GPU = CPU; {} quantise reports over {} tensors", recipe.name(), pg.len(), stages.len(), last.3);
+    }
+}
+
+/// A non-finite weight fails the load on the GPU path with the CPU path's message: the tensor,
+/// its row and column, the value.
+#[test]
+fn non_finite_weights_fail_alike_on_both_paths() {
+    use dsvl_gpu::model::weights::{load_weights_opts, LoadOptions};
+    use dsvl_gpu::quant::QuantOn;
+    let gpu = common::gpu();
+    let dir = fixture("tiny-orig");
+    let cfg = config(&dir);
+    let mut bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let header = dsvl_gpu::model::safetensors::parse("model.safetensors", &bytes).unwrap();
+    // gate_proj of layer 1 ([512, 256], f16): row 300, column 7 becomes +inf; row 301 NaN.
+    let name = "language_model.model.layers.1.mlp.gate_proj.weight";
+    let t = header.tensors.iter().find(|t| t.name == name).unwrap();
+    let at = |r: usize, c: usize| t.range.start + (r * 256 + c) * 2;
+    bytes[at(300, 7)..at(300, 7) + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    bytes[at(301, 0)..at(301, 0) + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    let src = TensorSource::from_bytes(vec![("model.safetensors".into(), bytes)]).unwrap();
+    let err = |on| pollster::block_on(load_weights_opts(gpu, &cfg, &src, &Recipe::parse("q4").unwrap(), DType::F32, &LoadOptions { quantise_on: on }, &mut |_| {})).err().unwrap().to_string();
+    let (g, c) = (err(QuantOn::Gpu), err(QuantOn::Cpu));
+    assert!(g.contains(name) && g.contains("row 300, column 7 holds inf"), "{g}");
+    assert_eq!(g, c);
 }

@@ -86,6 +86,32 @@ fn streamed_load_equals_mapped_load() {
     assert!(src.get("language_model.model.norm.weight").is_none(), "get() must not hand out bytes of a streamed file");
 }
 
+/// Quantising at load from a fetched checkpoint (the browser's path): row chunks no larger than
+/// the fetcher's `max_read` are quantised on the GPU, and the model is the one quantised from
+/// the memory map on the CPU, to the last logit.
+#[test]
+fn streamed_quantised_load_equals_mapped_cpu_load() {
+    use dsvl_gpu::model::weights::{load_weights_opts, LoadOptions};
+    use dsvl_gpu::quant::{QuantOn, Recipe};
+    let gpu = common::gpu();
+    let (cfg, bytes, dir) = fixture();
+    let recipe = Recipe::parse("q4,lm_head=q8").unwrap();
+    let logits = |src: &TensorSource, on| {
+        let w = pollster::block_on(load_weights_opts(gpu, &cfg, src, &recipe, DType::F32, &LoadOptions { quantise_on: on }, &mut |_| {})).unwrap();
+        let model = Model::new(gpu, cfg.clone(), w, DType::F32).unwrap();
+        pollster::block_on(model.prefill_logits(gpu, &[1, 5, 9, 200, 3], u32::MAX, &[], LogitRows::Last)).unwrap()
+    };
+    let mapped = logits(&TensorSource::open_dir(&dir).unwrap(), QuantOn::Cpu);
+    // 10 KiB: a few rows of each matrix per read (the embedding [1024, 256] f16 is 512 KiB).
+    let max = 10 << 10;
+    let (src, f) = streamed(&bytes, max, None, false);
+    assert_eq!(logits(&src, QuantOn::Gpu), mapped, "streamed, GPU-quantised weights give other logits");
+    let reads = f.reads.borrow();
+    let biggest = reads.iter().map(|r| r.len()).max().unwrap();
+    assert!(biggest <= max, "a read of {biggest} bytes exceeds max_read {max}");
+    assert!(reads.len() > 150, "{} reads: matrices were not read in parts", reads.len());
+}
+
 #[test]
 fn fetch_failures_are_errors() {
     let gpu = common::gpu();

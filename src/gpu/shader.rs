@@ -33,6 +33,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("qmatmul", include_str!("../../shaders/qmatmul.wgsl")),
     ("qembed", include_str!("../../shaders/qembed.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
+    ("quantise", include_str!("../../shaders/quantise.wgsl")),
 ];
 
 /// Snippets inserted by `#include NAME` (no directives of their own).

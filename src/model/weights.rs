@@ -17,7 +17,7 @@ use super::safetensors::{TensorInfo, TensorSource};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, RowSplit, Tensor};
 use crate::ops::convert::{stack_rows, upload_matrix, Source};
-use crate::quant::{file, Format, Packed, Part, QMatrix, Recipe, Weight};
+use crate::quant::{file, Format, Packed, Part, QFormat, QMatrix, QuantOn, Quantiser, Recipe, Weight};
 
 pub struct Linear {
     /// [out, in], dense or quantised.
@@ -276,6 +276,40 @@ fn aligner_inputs(cfg: &ModelConfig) -> Vec<usize> {
     }
 }
 
+/// How a load runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Where int8/int4 weights of a dense checkpoint are quantised.
+    pub quantise_on: QuantOn,
+}
+
+impl Default for LoadOptions {
+    /// The GPU, unless `DSVL_CPU_QUANT=1`.
+    fn default() -> Self {
+        LoadOptions { quantise_on: QuantOn::from_env() }
+    }
+}
+
+/// Where a load stands, reported after each tensor (and each row chunk of a large one).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoadProgress {
+    /// Checkpoint bytes of the tensors the model uses that are on the GPU (quantised ones included).
+    Upload { done: u64, total: u64 },
+    /// The matrices quantised at load: checkpoint bytes and tensors done of their totals, where
+    /// the work runs, and why it left the GPU if it did. Reported at the start (nothing done)
+    /// when the load quantises anything.
+    Quantise { done: u64, total: u64, tensors: usize, tensors_total: usize, on: QuantOn, note: Option<String> },
+}
+
+/// Progress of the quantised matrices.
+#[derive(Default)]
+struct QuantCount {
+    done: u64,
+    total: u64,
+    tensors: usize,
+    tensors_total: usize,
+}
+
 pub(super) struct Loader<'a> {
     pub(super) gpu: &'a Gpu,
     src: &'a TensorSource,
@@ -283,7 +317,9 @@ pub(super) struct Loader<'a> {
     pub(super) act: DType,
     done: u64,
     total: u64,
-    progress: &'a mut dyn FnMut(u64, u64),
+    quant: Quantiser,
+    q: QuantCount,
+    progress: &'a mut dyn FnMut(&LoadProgress),
 }
 
 pub(super) fn weight_err(file: &str, tensor: &str, message: impl Into<String>) -> Error {
@@ -327,7 +363,24 @@ impl<'a> Loader<'a> {
 
     pub(super) fn tick(&mut self, bytes: usize) {
         self.done += bytes as u64;
-        (self.progress)(self.done, self.total);
+        (self.progress)(&LoadProgress::Upload { done: self.done, total: self.total });
+    }
+
+    /// Checkpoint matrices `pieces` ([rows_i, cols] each) stacked row-wise and quantised into
+    /// `fmt` (on the GPU unless the options or a failed probe say otherwise).
+    async fn quantised(&mut self, pieces: &[(&str, usize)], cols: usize, fmt: QFormat) -> Result<QMatrix> {
+        self.quant.prepare(self.gpu, self.src, pieces, fmt).await?;
+        let (on, note) = (self.quant.on(), self.quant.note().map(str::to_string));
+        let Loader { gpu, src, quant, q, done, total, progress, .. } = self;
+        let mut tick = |bytes: usize, tensors: usize| {
+            *done += bytes as u64;
+            q.done += bytes as u64;
+            q.tensors += tensors;
+            progress(&LoadProgress::Quantise { done: q.done, total: q.total, tensors: q.tensors, tensors_total: q.tensors_total, on, note: note.clone() });
+            progress(&LoadProgress::Upload { done: *done, total: *total });
+        };
+        let first = pieces.first().map_or("", |p| p.0);
+        quant.quantise(gpu, src, pieces, cols, fmt, &mut tick).await.map_err(|e| named(e, src.origin(), first))
     }
 
     /// A 1-D tensor (norm weight, bias) as f32.
@@ -342,7 +395,7 @@ impl<'a> Loader<'a> {
 
     /// A weight stored with `shape` (whose product is rows*cols) as [rows, cols] in `part`'s
     /// format: converted on the GPU when dense (fetched in row chunks where the source is
-    /// remote), quantised on the CPU when not. A weight the checkpoint holds quantised is
+    /// remote), quantised (`quant::load`) when not. A weight the checkpoint holds quantised is
     /// uploaded as it is, whatever the recipe says.
     pub(super) async fn matrix(&mut self, name: &str, shape: &[usize], rows: usize, cols: usize, part: Part) -> Result<Weight> {
         if file::is_quantised(self.src, name) {
@@ -353,11 +406,8 @@ impl<'a> Loader<'a> {
         }
         let to = match self.recipe.get(part) {
             Format::Q(fmt) => {
-                let (t, bytes, file) = self.get(name, shape).await?;
-                let p = file::quantize_bytes(fmt, t.dtype, &bytes, rows, cols).map_err(|e| weight_err(file, name, e.to_string()))?;
-                let w = QMatrix::upload(self.gpu, &p).map_err(|e| named(e, file, name))?;
-                self.tick(bytes.len());
-                return Ok(Weight::Quant(w));
+                self.info(name, shape)?;
+                return Ok(Weight::Quant(self.quantised(&[(name, rows)], cols, fmt).await?));
             }
             f => f.dense().unwrap_or(DType::F32),
         };
@@ -408,6 +458,13 @@ impl<'a> Loader<'a> {
             let w = stack_rows(self.gpu, mats).await.map_err(|e| named(e, origin, parts[0].0))?;
             return Ok(Linear { w: Weight::Dense(w), b: None });
         }
+        if let (false, Format::Q(fmt)) = (parts.iter().any(|(n, _)| file::is_quantised(self.src, n)), self.recipe.get(part)) {
+            for &(name, rows) in parts {
+                self.info(name, &[rows, cols])?;
+            }
+            return Ok(Linear { w: Weight::Quant(self.quantised(parts, cols, fmt).await?), b: None });
+        }
+        // Some already quantised in the file: those as they are, the rest on the CPU.
         let mut packed = Vec::with_capacity(parts.len());
         for &(name, rows) in parts {
             // Progress counts the bytes read: packed ones, or the checkpoint's.
@@ -439,6 +496,13 @@ impl<'a> Loader<'a> {
         }
         let b = Some(Tensor::from_f32(self.gpu, &[3 * w], DType::F32, &bias)?);
         let quantised = names.iter().any(|(wn, _)| file::is_quantised(self.src, wn));
+        if let (false, Format::Q(fmt)) = (quantised, self.recipe.vision) {
+            for (wn, _) in &names {
+                self.info(wn, &[w, w])?;
+            }
+            let pieces = names.each_ref().map(|(wn, _)| (wn.as_str(), w));
+            return Ok(Linear { w: Weight::Quant(self.quantised(&pieces, w, fmt).await?), b });
+        }
         if quantised || matches!(self.recipe.vision, Format::Q(_)) {
             let mut parts = Vec::with_capacity(3);
             for (wn, _) in &names {
@@ -490,16 +554,30 @@ pub async fn load_weights(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, wd
     load_weights_with(gpu, cfg, files, &Recipe::uniform(f), act, progress).await
 }
 
-/// Uploads every tensor the graph uses, each matrix in the format `recipe` gives its part
-/// (quantised ones on the CPU, row by row from the checkpoint's bytes). `act` (F32 or F16) is
-/// the activation dtype (the position table is stored in it). `progress` receives (bytes done,
-/// bytes total) after each tensor.
+/// Uploads every tensor the graph uses, each matrix in the format `recipe` gives its part.
+/// `act` (F32 or F16) is the activation dtype (the position table is stored in it). `progress`
+/// receives (bytes done, bytes total) after each tensor: `load_weights_opts` with the default
+/// options and the upload stage only.
 pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, recipe: &Recipe, act: DType, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
+    load_weights_opts(gpu, cfg, files, recipe, act, &LoadOptions::default(), &mut |p| {
+        if let LoadProgress::Upload { done, total } = *p {
+            progress(done, total);
+        }
+    })
+    .await
+}
+
+/// As `load_weights_with`; matrices in quantised formats from a dense checkpoint are quantised
+/// where `opts` says, and `progress` sees both stages.
+pub async fn load_weights_opts(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSource, recipe: &Recipe, act: DType, opts: &LoadOptions, progress: &mut dyn FnMut(&LoadProgress)) -> Result<Weights> {
     if act == DType::U32 {
         return Err(Error::DType { op: "load", dtype: act.to_string(), detail: "the activation dtype is f32 or f16".into() });
     }
     // Pass 1: every tensor present with its expected shape, before anything is uploaded.
     let mut total = 0u64;
+    let mut q = QuantCount::default();
+    let n = Names::of(cfg);
+    let embed_name = n.llm("embed_tokens.weight");
     for item in plan(cfg, files) {
         if let (Some((_, rows, cols)), true) = (item.matrix, file::is_quantised(files, &item.name)) {
             total += file::check_quantised(files, &item.name, rows, cols)?.1;
@@ -512,9 +590,26 @@ pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSourc
         if t.dtype == Source::U32 {
             return Err(weight_err(file, &item.name, "U32 data where weights are expected"));
         }
-        total += t.range.len() as u64;
+        let mut bytes = t.range.len() as u64;
+        // A tied table in another format than the head's is read twice (see lm_head below).
+        if item.name == embed_name && cfg.llm.tie_embeddings && !file::has(files, &n.lm_head()) && recipe.embed != recipe.lm_head {
+            bytes *= 2;
+            q.tensors_total += usize::from(matches!(recipe.lm_head, Format::Q(_)));
+            q.total += t.range.len() as u64 * u64::from(matches!(recipe.lm_head, Format::Q(_)));
+        }
+        if let (Some((part, _, _)), false) = (item.matrix, file::is_quantised(files, &item.name))
+            && matches!(recipe.get(part), Format::Q(_))
+        {
+            q.total += t.range.len() as u64;
+            q.tensors_total += 1;
+        }
+        total += bytes;
     }
-    let mut ld = Loader { gpu, src: files, recipe, act, done: 0, total, progress };
+    let quant = Quantiser::new(opts.quantise_on);
+    if q.tensors_total > 0 {
+        progress(&LoadProgress::Quantise { done: 0, total: q.total, tensors: 0, tensors_total: q.tensors_total, on: quant.on(), note: None });
+    }
+    let mut ld = Loader { gpu, src: files, recipe, act, done: 0, total, quant, q, progress };
     let n = Names::of(cfg);
     let (vc, ac, lc) = (&cfg.vision, &cfg.aligner, &cfg.llm);
     let sam = match &cfg.sam {
@@ -564,7 +659,6 @@ pub async fn load_weights_with(gpu: &Gpu, cfg: &ModelConfig, files: &TensorSourc
     let aligner = AlignerWeights { hybrid, layers };
 
     let (h, q, kv) = (lc.hidden, lc.heads * lc.head_dim, lc.kv_heads * lc.head_dim);
-    let embed_name = n.llm("embed_tokens.weight");
     let embed = ld.matrix(&embed_name, &[lc.vocab, h], lc.vocab, h, Part::Embed).await?;
     let mut layers = Vec::with_capacity(lc.layers);
     for i in 0..lc.layers {

@@ -15,6 +15,7 @@ pub mod norm;
 pub mod patchify;
 pub mod normalise;
 pub mod qmatmul;
+pub mod quantise;
 pub mod rope;
 pub mod sample;
 pub mod window;
@@ -41,6 +42,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     qmatmul::CHECKS,
     window::CHECKS,
     im2col::CHECKS,
+    quantise::CHECKS,
 ];
 
 /// Workgroup size of the simple element-wise kernels (the WebGPU default maximum).
@@ -141,6 +143,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(qmatmul::variants());
     v.extend(window::variants());
     v.extend(im2col::variants());
+    v.extend(quantise::variants());
     v
 }
 
@@ -177,5 +180,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<window::WindowParams>("window"),
         layout_of::<im2col::Im2colParams>("im2col"),
         layout_of::<attention::AttnParams>("attention_decode"),
+        layout_of::<quantise::QuantParams>("quantise"),
     ]
 }

@@ -65,8 +65,25 @@ fn rnd(x: f32) -> f32 {
 
 /// Candidate step sizes tried around the range's own: (levels - 1 + STEP * i) / range. Eleven
 /// match the error of llama.cpp's 21 at half the time; five cost 2% more error (docs/QUANT.md).
-const FIT_STEPS: usize = 11;
+pub(crate) const FIT_STEPS: usize = 11;
 const STEP: f32 = 0.2;
+
+/// The numerators of the candidate step sizes: `7 + STEP * i` for scale-only int4 (levels -8..=7),
+/// `14 + STEP * i` with offsets. One definition, so the GPU kernel (`ops::quantise`, which takes
+/// them as parameters) divides exactly the numbers this twin does.
+pub(crate) fn fit_numerators(zero: bool) -> [f32; FIT_STEPS] {
+    let base = if zero { 14.0 } else { 7.0 };
+    std::array::from_fn(|step| base + STEP * step as f32)
+}
+
+/// The smallest sum of squared codes divided by (keeps an all-zero fit finite).
+pub(crate) const TINY: f32 = 1e-30;
+
+/// -0 as +0: `min`/`max` may return either zero when both meet, and the sign would reach a
+/// stored offset. Canonical on both sides (the GPU kernel does the same).
+fn plus_zero(x: f32) -> f32 {
+    if x == 0.0 { 0.0 } else { x }
+}
 
 /// Quantises one group (`vals`, non-empty) into `codes` (same length) and returns (d, m).
 fn quantize_group(fmt: QFormat, vals: &[f32], codes: &mut [u8]) -> (f16, f16) {
@@ -114,16 +131,16 @@ fn fit_scale(vals: &[f32]) -> f16 {
     let sx2: f32 = vals.iter().map(|&v| v * v).sum();
     // With codes l fixed, d = sum(x l) / sum(l²) leaves sum(x²) - sum(x l)² / sum(l²).
     let (mut best, mut best_err) = (base, base_err);
-    for step in 0..FIT_STEPS {
-        let iscale = -(7.0 + STEP * step as f32) / max;
+    for num in fit_numerators(false) {
+        let iscale = -num / max;
         let (mut sxl, mut sl2) = (0f32, 0f32);
         for &v in vals {
             let l = rnd(v * iscale).clamp(-8.0, 7.0);
             sxl += v * l;
             sl2 += l * l;
         }
-        let e = sx2 - sxl * sxl / sl2.max(1e-30);
-        let d = f16::from_f32(sxl / sl2.max(1e-30));
+        let e = sx2 - sxl * sxl / sl2.max(TINY);
+        let d = f16::from_f32(sxl / sl2.max(TINY));
         if e < best_err && d.to_f32() != 0.0 && d.is_finite() {
             (best, best_err) = (d, e);
         }
@@ -135,6 +152,7 @@ fn fit_scale(vals: &[f32]) -> f16 {
 /// nearby step size fits better (llama.cpp's `make_qkx2_quants` search, with errors from sums).
 fn fit_offset(vals: &[f32]) -> (f16, f16) {
     let (lo, hi) = vals.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = (plus_zero(lo), plus_zero(hi));
     // Min/max, rounded so nothing clips.
     let m0 = f16_down(lo);
     let d0 = f16_away((hi - m0.to_f32()) / 15.0);
@@ -147,8 +165,8 @@ fn fit_offset(vals: &[f32]) -> (f16, f16) {
     let mut best = (d0, m0);
     let n = vals.len() as f32;
     let (sx, sx2) = vals.iter().fold((0f32, 0f32), |(a, b), &v| (a + v, b + v * v));
-    for step in 0..FIT_STEPS {
-        let iscale = (14.0 + STEP * step as f32) / (hi - lo);
+    for num in fit_numerators(true) {
+        let iscale = num / (hi - lo);
         let (mut sl, mut sl2, mut sxl) = (0f32, 0f32, 0f32);
         for &v in vals {
             let l = rnd((v - lo) * iscale).min(15.0);

@@ -14,12 +14,14 @@
 pub(crate) mod cpu;
 pub mod file;
 mod gpu;
+pub mod load;
 pub mod measure;
 pub mod report;
 mod recipe;
 
 pub use cpu::{pack_codes, unpack_codes, Packed};
 pub use gpu::{QMatrix, QPart, Weight, WeightRef};
+pub use load::{GpuQuantiser, QuantOn, Quantiser};
 pub use recipe::{Format, Part, Recipe};
 
 use crate::error::{Error, Result};

@@ -15,7 +15,7 @@ use crate::image::ImageConfig;
 use crate::model::config::ModelConfig;
 use crate::model::safetensors::{parse_head, TensorSource};
 use crate::model::vlm::Model;
-use crate::model::weights::load_weights_with;
+use crate::model::weights::{load_weights_opts, LoadOptions, LoadProgress};
 use crate::quant::Recipe;
 use crate::prompt::PromptTokenizer;
 
@@ -34,18 +34,48 @@ fn file(files: &Object, name: &str) -> Result<Option<Vec<u8>>> {
 /// file's first bytes (at least its header) and total size; `fetch(name, start, end)` resolves
 /// to the bytes `start..end` of a shard. `quant` is a recipe as `run --quant` takes it: `f32`
 /// (the parity path), `f16` (f16 weights; f16 activations where the adapter has shader-f16),
-/// `q8`, `q4`, `mixed`. `on_progress(done, total)` sees the bytes uploaded.
+/// `q8`, `q4`, `mixed`. `on_progress(p)` sees `{stage: 'upload', loaded, total}` (checkpoint
+/// bytes on the GPU) and, when weights are quantised while loading, `{stage: 'quantise', loaded,
+/// total, tensors, tensorsTotal, device: 'gpu' | 'cpu', note?}` (checkpoint bytes and tensors
+/// quantised).
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(files: Object, shards: Array, fetch: Function, quant: String, on_progress: Option<Function>) -> Result<WebModel, JsError> {
     load(files, shards, fetch, quant, on_progress).await.map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// A progress report as the JS `Progress` type (web/src/index.d.ts) has it.
+fn progress_object(p: &LoadProgress) -> JsValue {
+    let o = Object::new();
+    let set = |k: &str, v: JsValue| {
+        let _ = Reflect::set(&o, &JsValue::from_str(k), &v);
+    };
+    match p {
+        LoadProgress::Upload { done, total } => {
+            set("stage", "upload".into());
+            set("loaded", (*done as f64).into());
+            set("total", (*total as f64).into());
+        }
+        LoadProgress::Quantise { done, total, tensors, tensors_total, on, note } => {
+            set("stage", "quantise".into());
+            set("loaded", (*done as f64).into());
+            set("total", (*total as f64).into());
+            set("tensors", (*tensors as f64).into());
+            set("tensorsTotal", (*tensors_total as f64).into());
+            set("device", on.name().into());
+            if let Some(n) = note {
+                set("note", n.as_str().into());
+            }
+        }
+    }
+    o.into()
 }
 
 async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_progress: Option<Function>) -> Result<WebModel> {
     let t0 = now_ms();
     let gpu = super::gpu().await?;
     // As `run --quant`: f32, f16, q8, q4, mixed, with per-part overrides. Int8/int4 from a dense
-    // checkpoint are quantised on the CPU here, one matrix at a time; a folder written by
-    // `dsvl-gpu quantize` loads as it was written, whatever this says.
+    // checkpoint are quantised on the GPU, fetched row chunk by row chunk (`quant::load`); a
+    // folder written by `dsvl-gpu quantize` loads as it was written, whatever this says.
     let recipe = Recipe::parse(&quant).map_err(|e| Error::Invalid(format!("quant `{quant}`: {e}")))?;
     let act = recipe.act(gpu.caps.f16);
     let need = |name: &str| -> Result<Vec<u8>> { file(&files, name)?.ok_or_else(|| Error::Io { path: name.into(), message: "missing from the model folder".into() }) };
@@ -78,10 +108,10 @@ async fn load(files: Object, shards: Array, fetch: Function, quant: String, on_p
         return Err(Error::Invalid("no safetensors file given".into()));
     }
     let source = TensorSource::from_headers(headers, Box::new(JsRangeFetch { f: fetch }))?;
-    let weights = load_weights_with(&gpu, &cfg, &source, &recipe, act, &mut |done, total| {
+    let weights = load_weights_opts(&gpu, &cfg, &source, &recipe, act, &LoadOptions::default(), &mut |p| {
         if let Some(f) = &on_progress {
             // A throwing progress callback must not stop the load.
-            let _ = f.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
+            let _ = f.call1(&JsValue::NULL, &progress_object(p));
         }
     })
     .await?;

@@ -6,7 +6,7 @@ import { Dsvl } from '../src/index.js';
 
 const $ = (id) => document.getElementById(id);
 const els = Object.fromEntries(
-  ['model-url', 'model-files', 'quant', 'load', 'cancel-load', 'progress', 'p-download', 't-download', 'p-upload', 't-upload', 'model-status', 'adapter',
+  ['model-url', 'model-files', 'quant', 'load', 'cancel-load', 'progress', 'p-download', 't-download', 'p-upload', 't-upload', 'b-quantise', 'p-quantise', 't-quantise', 'model-status', 'adapter',
     'transcript', 'drop', 'previews', 'image-input', 'question', 'ask', 'stop', 'new-chat', 'max-new-tokens', 'temperature', 'stats'].map((id) => [id, $(id)]),
 );
 
@@ -43,6 +43,12 @@ function onProgress(p) {
     bar.value = p.loaded;
     const cached = p.fromCache ? `, ${mb(p.fromCache)} cached` : '';
     els[`t-${p.stage}`].textContent = `${mb(p.loaded)} / ${mb(p.total)}${cached}`;
+  } else if (p.stage === 'quantise') {
+    els['b-quantise'].hidden = false;
+    els['p-quantise'].max = p.tensorsTotal || 1;
+    els['p-quantise'].value = p.tensors;
+    els['t-quantise'].textContent = `${p.tensors} / ${p.tensorsTotal} tensors on the ${p.device.toUpperCase()}`;
+    if (p.note) status(els['model-status'], p.note, 'warning');
   } else if (p.stage === 'warning') {
     status(els['model-status'], p.message, 'warning');
   }
@@ -70,6 +76,7 @@ async function load() {
   }
   loading = new AbortController();
   els.progress.hidden = false;
+  els['b-quantise'].hidden = true;
   els.adapter.hidden = true;
   status(els['model-status'], `loading ${files.length ? `${files.length} local files` : source}…`);
   setBusy();

@@ -7,20 +7,29 @@ export type ImageInput = Blob | File | ImageBitmap | ImageData | URL | string | 
 export type Quant = 'f16' | 'f32' | 'q8' | 'q4' | 'mixed' | (string & {});
 
 /** Load progress. `download`: bytes obtained (network, cache or local files) of the files' total;
- * `upload`: bytes of tensors on the GPU (converted to the weight dtype there) of those the model uses;
+ * `upload`: checkpoint bytes of the tensors the model uses that are on the GPU (converted or quantised
+ * there), of their total; `quantise`: only when int8/int4 weights are made from a dense checkpoint
+ * while loading (`quant` 'q8', 'q4', 'mixed', ...), the checkpoint bytes and tensors of those matrices
+ * quantised so far, of their totals, first reported with nothing done; they are part of `upload` too;
  * `warning`: something the user should know (no cache, storage full); `ready`: done. */
 export type Progress =
   | { stage: 'download'; loaded: number; total: number; downloaded: number; fromCache: number }
   | { stage: 'upload'; loaded: number; total: number }
-  /** Reserved for quantised weight formats: not emitted yet (the upload stage converts on the GPU). */
-  | { stage: 'quantise'; loaded: number; total: number }
+  | {
+      stage: 'quantise'; loaded: number; total: number; tensors: number; tensorsTotal: number;
+      /** Where the quantisation runs: the GPU, unless this device's result differed from the CPU
+       * reference on a probe matrix (then `note` says why and the CPU does it). */
+      device: 'gpu' | 'cpu';
+      note?: string;
+    }
   | { stage: 'warning'; message: string }
   | { stage: 'ready' };
 
 export interface LoadOptions {
   /** 'f16' (default): f16 weights, f16 activations where the device has shader-f16. 'f32': the parity
-   * path. 'q8' / 'q4' / 'mixed': int8 / int4 weights quantised on the CPU while loading. A folder written
-   * by `dsvl-gpu quantize` loads in its own formats whatever this says. */
+   * path. 'q8' / 'q4' / 'mixed': int8 / int4 weights quantised on the GPU while loading (the `quantise`
+   * progress stage), fetched in row chunks. A folder written by `dsvl-gpu quantize` loads in its own
+   * formats whatever this says. */
   quant?: Quant;
   onProgress?: (p: Progress) => void;
   signal?: AbortSignal;

@@ -76,9 +76,8 @@ async function opLoad(id, { source, quant = 'f16', blockBytes = DEFAULT_BLOCK_BY
   };
   const src = await openSource(source, { signal, blockBytes, useCache: cache, warn, stats });
   const t0 = performance.now();
-  model = await loadModel(src.small, src.shards, src.read, quant, (loaded, total) => {
-    post({ id, type: 'progress', data: { stage: 'upload', loaded, total } });
-  });
+  // {stage: 'upload', ...} and, when weights are quantised while loading, {stage: 'quantise', ...}.
+  model = await loadModel(src.small, src.shards, src.read, quant, (p) => post({ id, type: 'progress', data: p }));
   const { total, downloaded, fromCache, fromFiles } = stats;
   load = { where: src.where, cached: src.cached, bytes: { total, downloaded, fromCache, fromFiles }, warnings, ms: performance.now() - t0 };
   post({ id, type: 'progress', data: { stage: 'ready' } });

@@ -79,13 +79,15 @@ pub fn bench(gpu: &Gpu, a: BenchArgs) -> Result<()> {
             v["profile"] = serde_json::to_value(p)?;
         }
         v["load_s"] = load_s.into();
+        v["quantised_on"] = loaded.quantised_on.into();
         v["preprocess_ms"] = preprocess_ms.into();
         v["quant"] = a.quant.clone().into();
         v["adapter"] = gpu.adapter.to_string().into();
         println!("{v}");
     } else {
         println!("adapter: {}  quant: {}", gpu.adapter, a.quant);
-        println!("load                     {load_s:>9.2} s");
+        let on = loaded.quantised_on.map(|q| format!(" (quantised on the {})", q.to_uppercase())).unwrap_or_default();
+        println!("load                     {load_s:>9.2} s{on}");
         println!("preprocess (first)       {preprocess_ms:>9.2} ms");
         println!("vision + aligner         {:>9.2} ms", r.vision_ms);
         println!("prefill ({} tokens)     {:>9.2} ms  ({:.0} tok/s)", r.prompt_tokens, r.prefill_ms, r.prefill_tok_s);

@@ -45,7 +45,7 @@ pub fn chat(open: &dyn Fn() -> Result<Gpu>, a: RunArgs) -> Result<()> {
     // One pass per device: it ends when the input ends or the device is lost.
     loop {
         let gpu = open()?;
-        let Loaded { model, tok } = load_model(&gpu, &a.model, &a.quant, !banner)?;
+        let Loaded { model, tok, .. } = load_model(&gpu, &a.model, &a.quant, !banner)?;
         let n_img = model.cfg.num_image_tokens;
         let capacity = a.context.min(model.cfg.llm.max_positions);
         let mut session = Session::new(&model, &gpu, capacity)?;

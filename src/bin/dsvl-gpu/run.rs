@@ -12,7 +12,7 @@ use dsvl_gpu::model::config::ModelConfig;
 use dsvl_gpu::model::llama::LogitRows;
 use dsvl_gpu::model::safetensors::TensorSource;
 use dsvl_gpu::model::vlm::Model;
-use dsvl_gpu::model::weights::load_weights_with;
+use dsvl_gpu::model::weights::{load_weights_opts, LoadOptions, LoadProgress};
 use dsvl_gpu::ops::sample::Sampling;
 use dsvl_gpu::prompt::{encode, Conversation, PromptTokenizer, DEFAULT_SYSTEM_PROMPT, STOP_STRING};
 use dsvl_gpu::quant::Recipe;
@@ -115,6 +115,8 @@ pub fn resolve_model(model: &str, quiet: bool) -> Result<PathBuf> {
 pub struct Loaded {
     pub model: Model,
     pub tok: PromptTokenizer,
+    /// Where weights were quantised while loading ("gpu" or "cpu"), if any were.
+    pub quantised_on: Option<&'static str>,
 }
 
 /// Loads a model folder with the `quant` recipe, showing progress on stderr unless `quiet`.
@@ -127,16 +129,30 @@ pub fn load_model(gpu: &Gpu, model_arg: &str, quant: &str, quiet: bool) -> Resul
     let tok = PromptTokenizer::from_dir(&dir)?;
     let source = TensorSource::open_dir(&dir)?;
     let mut last = 0u64;
-    let weights = pollster::block_on(load_weights_with(gpu, &cfg, &source, &recipe, act, &mut |done, total| {
-        if !quiet && (done == total || done - last > total / 50) {
-            last = done;
-            eprint!("\rloading weights: {:>5.1}% of {:.1} MB", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6);
-            if done == total {
-                eprintln!();
+    // The quantise stage, shown on the loading line: tensors done, total, where, and why not
+    // on the GPU (once).
+    let mut quant: Option<(usize, usize, &'static str)> = None;
+    let mut noted = false;
+    let weights = pollster::block_on(load_weights_opts(gpu, &cfg, &source, &recipe, act, &LoadOptions::default(), &mut |p| match p {
+        LoadProgress::Quantise { tensors, tensors_total, on, note, .. } => {
+            quant = Some((*tensors, *tensors_total, on.name()));
+            if let (Some(n), false, false) = (note, noted, quiet) {
+                noted = true;
+                eprintln!("\n{n}");
+            }
+        }
+        &LoadProgress::Upload { done, total } => {
+            if !quiet && (done == total || done - last > total / 50) {
+                last = done;
+                let q = quant.map(|(t, n, on)| format!(", quantised {t} of {n} tensors on the {}", on.to_uppercase())).unwrap_or_default();
+                eprint!("\rloading weights: {:>5.1}% of {:.1} MB{q}", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6);
+                if done == total {
+                    eprintln!();
+                }
             }
         }
     }))?;
-    Ok(Loaded { model: Model::new(gpu, cfg, weights, act)?, tok })
+    Ok(Loaded { model: Model::new(gpu, cfg, weights, act)?, tok, quantised_on: quant.map(|q| q.2) })
 }
 
 /// Decodes and preprocesses one image file for `model`.
@@ -169,7 +185,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
         bail!("--prompt is required (or use `dsvl-gpu chat` for an interactive conversation)");
     };
     let t0 = Instant::now();
-    let Loaded { model, tok } = load_model(gpu, &a.model, &a.quant, a.json)?;
+    let Loaded { model, tok, quantised_on } = load_model(gpu, &a.model, &a.quant, a.json)?;
     let cfg = &model.cfg;
     let t_load = t0.elapsed();
 
@@ -227,6 +243,7 @@ pub fn run(gpu: &Gpu, a: RunArgs) -> Result<()> {
             "gpu_peak_bytes": gpu.pool_stats().peak_bytes,
             "adapter": gpu.adapter.to_string(), "quant": a.quant,
             "weight_formats": model.weights.recipe().name(), "weight_bytes": stats.bytes, "weight_params": stats.params,
+            "quantised_on": quantised_on,
         });
         println!("{v}");
     } else {
