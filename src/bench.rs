@@ -98,7 +98,7 @@ async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType
 
 /// SAM-B's attention with relative positions: `blocks` windows of a (g, g) grid (one block =
 /// global attention), q, k, v as column slices of one fused qkv.
-async fn bench_attention_rel(gpu: &Gpu, g: usize, blocks: usize, heads: usize, d: usize, act: DType, reps: usize, trials: usize) -> Result<BenchRow> {
+async fn bench_attention_rel(gpu: &Gpu, (g, blocks): (usize, usize), heads: usize, d: usize, act: DType, reps: usize, trials: usize) -> Result<BenchRow> {
     let mut rng = Rng::new(10);
     let (w, n) = (heads * d, g * g * blocks);
     let qkv = Tensor::from_f32(gpu, &[n, 3 * w], act, &rng.normals(n * 3 * w, 1.0))?;
@@ -255,8 +255,8 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         // SAM-B at 1024x1024 (DeepSeek-VL-7B's high-resolution tower): too big for software adapters.
         if !quick {
             for &act in &acts {
-                rows.push(bench_attention_rel(gpu, 14, 25, 12, 64, act, reps, trials).await?);
-                rows.push(bench_attention_rel(gpu, 64, 1, 12, 64, act, reps, trials).await?);
+                rows.push(bench_attention_rel(gpu, (14, 25), 12, 64, act, reps, trials).await?);
+                rows.push(bench_attention_rel(gpu, (64, 1), 12, 64, act, reps, trials).await?);
             }
         }
     }
