@@ -83,7 +83,7 @@ struct RelAttnParams {
 // q·Rw[wi - (n - gh) + gw - 1]; they live in memory rather than in the workgroup, so the
 // grid size is not bounded by workgroup memory. `attention_rel` then runs a flash-style
 // loop over key tiles with both products register-tiled like the GEMM: 64 threads per
-// (block of 32 query rows, head, block); thread (tx, ty) scores rows ty + 8i against keys
+// (32 query rows of a block, head, block); thread (tx, ty) scores rows ty + 8i against keys
 // tx + 8j (i, j < 4) and accumulates rows ty + 8i, head-dim vec4 columns tx (and tx + 8 for
 // HD64). Interleaved rows and keys keep every workgroup-memory read conflict-free (rows are
 // padded to DP4 vec4s). Named accumulators, no dynamically indexed register arrays.
@@ -97,8 +97,8 @@ const PP: u32 = 9u;
 #ifdef RELBIAS
 @group(0) @binding(0) var<uniform> rp: RelAttnParams;
 @group(0) @binding(1) var<storage, read> q: array<T>;
-@group(0) @binding(2) var<storage, read> rel_h: array<T>;
-@group(0) @binding(3) var<storage, read> rel_w: array<T>;
+@group(0) @binding(2) var<storage, read> rel_h: array<vec4<T>>;
+@group(0) @binding(3) var<storage, read> rel_w: array<vec4<T>>;
 @group(0) @binding(4) var<storage, read_write> relb: array<f32>;
 
 @compute @workgroup_size(256)
@@ -113,19 +113,24 @@ fn attn_rel_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let row = e / (nb * rp.heads);
     let i = row % (rp.gh * rp.gw);
     let qb = rp.q_off + row * rp.q_stride + h * D;
-    var s = 0.0;
+    var s = vec4<f32>(0.0);
     if (n < rp.gh) {
-        let rb = (i / rp.gw + rp.gh - 1u - n) * D;
-        for (var d = 0u; d < D; d++) {
-            s = fma(f32(q[qb + d]), f32(rel_h[rb + d]), s);
+        let rb = (i / rp.gw + rp.gh - 1u - n) * D4;
+        for (var d = 0u; d < D4; d++) {
+            s = fma(q4(qb + 4u * d), vec4<f32>(rel_h[rb + d]), s);
         }
     } else {
-        let rb = (i % rp.gw + rp.gw - 1u - (n - rp.gh)) * D;
-        for (var d = 0u; d < D; d++) {
-            s = fma(f32(q[qb + d]), f32(rel_w[rb + d]), s);
+        let rb = (i % rp.gw + rp.gw - 1u - (n - rp.gh)) * D4;
+        for (var d = 0u; d < D4; d++) {
+            s = fma(q4(qb + 4u * d), vec4<f32>(rel_w[rb + d]), s);
         }
     }
-    relb[e] = s;
+    relb[e] = s.x + s.y + s.z + s.w;
+}
+
+// Four consecutive q values (q's view may start and stride anywhere).
+fn q4(i: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q[i]), f32(q[i + 1u]), f32(q[i + 2u]), f32(q[i + 3u]));
 }
 #else
 @group(0) @binding(0) var<uniform> rp: RelAttnParams;
