@@ -83,7 +83,7 @@ struct RelAttnParams {
 // q·Rw[wi - (n - gh) + gw - 1]; they live in memory rather than in the workgroup, so the
 // grid size is not bounded by workgroup memory. `attention_rel` then runs a flash-style
 // loop over key tiles with both products register-tiled like the GEMM: 64 threads per
-// (block of 32 query rows, head, block); thread (tx, ty) scores rows ty + 8i against keys
+// (32 query rows of a block, head, block); thread (tx, ty) scores rows ty + 8i against keys
 // tx + 8j (i, j < 4) and accumulates rows ty + 8i, head-dim vec4 columns tx (and tx + 8 for
 // HD64). Interleaved rows and keys keep every workgroup-memory read conflict-free (rows are
 // padded to DP4 vec4s). Named accumulators, no dynamically indexed register arrays.
@@ -97,8 +97,8 @@ const PP: u32 = 9u;
 #ifdef RELBIAS
 @group(0) @binding(0) var<uniform> rp: RelAttnParams;
 @group(0) @binding(1) var<storage, read> q: array<T>;
-@group(0) @binding(2) var<storage, read> rel_h: array<T>;
-@group(0) @binding(3) var<storage, read> rel_w: array<T>;
+@group(0) @binding(2) var<storage, read> rel_h: array<vec4<T>>;
+@group(0) @binding(3) var<storage, read> rel_w: array<vec4<T>>;
 @group(0) @binding(4) var<storage, read_write> relb: array<f32>;
 
 @compute @workgroup_size(256)
@@ -113,19 +113,24 @@ fn attn_rel_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let row = e / (nb * rp.heads);
     let i = row % (rp.gh * rp.gw);
     let qb = rp.q_off + row * rp.q_stride + h * D;
-    var s = 0.0;
+    var s = vec4<f32>(0.0);
     if (n < rp.gh) {
-        let rb = (i / rp.gw + rp.gh - 1u - n) * D;
-        for (var d = 0u; d < D; d++) {
-            s = fma(f32(q[qb + d]), f32(rel_h[rb + d]), s);
+        let rb = (i / rp.gw + rp.gh - 1u - n) * D4;
+        for (var d = 0u; d < D4; d++) {
+            s = fma(q4(qb + 4u * d), vec4<f32>(rel_h[rb + d]), s);
         }
     } else {
-        let rb = (i % rp.gw + rp.gw - 1u - (n - rp.gh)) * D;
-        for (var d = 0u; d < D; d++) {
-            s = fma(f32(q[qb + d]), f32(rel_w[rb + d]), s);
+        let rb = (i % rp.gw + rp.gw - 1u - (n - rp.gh)) * D4;
+        for (var d = 0u; d < D4; d++) {
+            s = fma(q4(qb + 4u * d), vec4<f32>(rel_w[rb + d]), s);
         }
     }
-    relb[e] = s;
+    relb[e] = s.x + s.y + s.z + s.w;
+}
+
+// Four consecutive q values (q's view may start and stride anywhere).
+fn q4(i: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q[i]), f32(q[i + 1u]), f32(q[i + 2u]), f32(q[i + 3u]));
 }
 #else
 @group(0) @binding(0) var<uniform> rp: RelAttnParams;
@@ -157,23 +162,21 @@ fn sum4(a: vec4<f32>) -> f32 {
     return a.x + a.y + a.z + a.w;
 }
 
-// Both bias terms of row `row` of the block (past its end: clamped, never written) for the
-// thread's keys kk; NEG for keys past the block.
-fn bias4(row: u32, kk: vec4<u32>, blk: u32, h: u32, b0: u32) -> vec4<f32> {
-    let base = ((b0 + min(row, blk - 1u)) * rp.heads + h) * (rp.gh + rp.gw);
-    return vec4<f32>(bias1(base, kk.x, blk), bias1(base, kk.y, blk), bias1(base, kk.z, blk), bias1(base, kk.w, blk));
-}
-
-fn bias1(base: u32, kk: u32, blk: u32) -> f32 {
-    if (kk >= blk) {
-        return NEG;
-    }
-    return relb[base + kk / rp.gw] + relb[base + rp.gh + kk % rp.gw];
+// Both bias terms of the row whose table starts at `base`, for keys in grid rows hj and
+// columns wj (offset by gh into the table); NEG where the key is past the block.
+fn bias4(base: u32, hj: vec4<u32>, wj: vec4<u32>, valid: vec4<bool>) -> vec4<f32> {
+    let b = vec4<f32>(
+        relb[base + hj.x] + relb[base + wj.x],
+        relb[base + hj.y] + relb[base + wj.y],
+        relb[base + hj.z] + relb[base + wj.z],
+        relb[base + hj.w] + relb[base + wj.w],
+    );
+    return select(vec4<f32>(NEG), b, valid);
 }
 
 // p = exp(s - m), zero for keys past the block.
-fn probs(s: vec4<f32>, m: f32, kk: vec4<u32>, blk: u32) -> vec4<f32> {
-    return select(exp(s - m), vec4<f32>(0.0), kk >= vec4<u32>(blk));
+fn probs(s: vec4<f32>, m: f32, valid: vec4<bool>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp(s - m), valid);
 }
 
 @compute @workgroup_size(64)
@@ -208,6 +211,10 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var o6 = vec4<f32>(0.0);
     var o7 = vec4<f32>(0.0);
 #endif
+    // Where each of the thread's rows' bias tables starts (rows past the block: clamped, never written).
+    let nb = rp.gh + rp.gw;
+    let rows = min(r0 + ty + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(blk - 1u));
+    let tb = ((b0 + rows) * rp.heads + h) * nb;
     let kbase = rp.k_off4 + b0 * rp.k_stride4 + kvh * D4;
     let vbase = rp.v_off4 + b0 * rp.v_stride4 + kvh * D4;
     // blk is uniform, so every barrier below is reached by all threads.
@@ -235,11 +242,16 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             s2 += dot4(qs[(ty + 16u) * DP4 + d], k0, k1, k2, k3);
             s3 += dot4(qs[(ty + 24u) * DP4 + d], k0, k1, k2, k3);
         }
+        // The thread's keys tx + 8j: validity, grid row and (offset) grid column.
         let kk = t0 + tx + vec4<u32>(0u, 8u, 16u, 24u);
-        s0 = rp.scale * s0 + bias4(r0 + ty, kk, blk, h, b0);
-        s1 = rp.scale * s1 + bias4(r0 + ty + 8u, kk, blk, h, b0);
-        s2 = rp.scale * s2 + bias4(r0 + ty + 16u, kk, blk, h, b0);
-        s3 = rp.scale * s3 + bias4(r0 + ty + 24u, kk, blk, h, b0);
+        let valid = kk < vec4<u32>(blk);
+        let kc = min(kk, vec4<u32>(blk - 1u));
+        let hj = kc / rp.gw;
+        let wj = kc - hj * rp.gw + rp.gh;
+        s0 = rp.scale * s0 + bias4(tb.x, hj, wj, valid);
+        s1 = rp.scale * s1 + bias4(tb.y, hj, wj, valid);
+        s2 = rp.scale * s2 + bias4(tb.z, hj, wj, valid);
+        s3 = rp.scale * s3 + bias4(tb.w, hj, wj, valid);
         red[tx * 8u + ty] = vec4<f32>(max4(s0), max4(s1), max4(s2), max4(s3));
         workgroupBarrier();
         // The key tile is consumed: the value tile replaces it.
@@ -259,10 +271,10 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let m_new = max(m, tile_max);
         let corr = exp(m - m_new);
         m = m_new;
-        let p0 = probs(s0, m.x, kk, blk);
-        let p1 = probs(s1, m.y, kk, blk);
-        let p2 = probs(s2, m.z, kk, blk);
-        let p3 = probs(s3, m.w, kk, blk);
+        let p0 = probs(s0, m.x, valid);
+        let p1 = probs(s1, m.y, valid);
+        let p2 = probs(s2, m.z, valid);
+        let p3 = probs(s3, m.w, valid);
         l = l * corr + vec4<f32>(sum4(p0), sum4(p1), sum4(p2), sum4(p3));
         pt[tx * PP + ty] = vec4<f32>(p0.x, p1.x, p2.x, p3.x);
         pt[(tx + 8u) * PP + ty] = vec4<f32>(p0.y, p1.y, p2.y, p3.y);

@@ -1,13 +1,14 @@
-//! `bench-ops`: throughput of the kernels at DeepSeek-VL-1.3B shapes. A benchmark, not a
-//! test: it prints numbers and asserts nothing. Native only (it times with the host clock
-//! around whole submissions of many repetitions, after a warm-up).
+//! `bench-ops`: throughput of the kernels at DeepSeek-VL-1.3B shapes (and SAM-B's attention, for
+//! the 7B's high-resolution tower). A benchmark, not a test: it prints numbers and asserts
+//! nothing. Native only (it times with the host clock around whole submissions of many
+//! repetitions, after a warm-up).
 
 use std::time::Instant;
 
 use crate::check::Rng;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, RowSplit, StepList, Tensor};
-use crate::ops::attention::{attention, AttnShape};
+use crate::ops::attention::{attention, attention_rel_pos, AttnShape, RelPos};
 use crate::ops::matmul::{linear, Epilogue};
 use crate::ops::Rows;
 
@@ -96,6 +97,25 @@ async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType
     let bytes = (4 * n * w * act.size()) as f64;
     let mode = if causal { "causal" } else { "full" };
     Ok(BenchRow { name: format!("attention {n}x{n} {heads}x{d} {mode} {act}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, spread })
+}
+
+/// SAM-B's attention with relative positions: `blocks` windows of a (g, g) grid (one block =
+/// global attention), q, k, v as column slices of one fused qkv.
+async fn bench_attention_rel(gpu: &Gpu, (g, blocks): (usize, usize), heads: usize, d: usize, act: DType, reps: usize, trials: usize) -> Result<BenchRow> {
+    let mut rng = Rng::new(10);
+    let (w, n) = (heads * d, g * g * blocks);
+    let qkv = Tensor::from_f32(gpu, &[n, 3 * w], act, &rng.normals(n * 3 * w, 1.0))?;
+    let rh = Tensor::from_f32(gpu, &[2 * g - 1, d], act, &rng.normals((2 * g - 1) * d, 0.2))?;
+    let o = Tensor::empty(gpu, &[n, w], act)?;
+    let s = AttnShape { heads, kv_heads: heads, head_dim: d, scale: (d as f32).powf(-0.5), causal: false };
+    let mut rec = Recorder::new(gpu);
+    let rel = RelPos { grid: (g, g), h: &rh, w: &rh };
+    attention_rel_pos(&mut rec, &Rows::cols(&qkv, 0, w), &Rows::cols(&qkv, w, w), &Rows::cols(&qkv, 2 * w, w), &Rows::all(&o), s, &rel)?;
+    let (ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+    let flops = 4.0 * (blocks * g * g * g * g * heads * d) as f64;
+    let bytes = (4 * n * w * act.size()) as f64;
+    let what = if blocks == 1 { "global".to_string() } else { format!("{blocks} windows") };
+    Ok(BenchRow { name: format!("attention rel-pos {g}x{g} grid, {what}, {heads}x{d} {act}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, spread })
 }
 
 /// Bandwidth ceilings through this stack: a WGSL streaming read, a WGSL copy and the copy
@@ -275,6 +295,13 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
             rows.push(bench_attention(gpu, 576, 16, 64, act, false, reps, trials).await?);
         }
         rows.push(bench_attention(gpu, 620, 16, 128, DType::F32, true, reps, trials).await?);
+        // SAM-B at 1024x1024 (DeepSeek-VL-7B's high-resolution tower): too big for software adapters.
+        if !quick {
+            for &act in &acts {
+                rows.push(bench_attention_rel(gpu, (14, 25), 12, 64, act, reps, trials).await?);
+                rows.push(bench_attention_rel(gpu, (64, 1), 12, 64, act, reps, trials).await?);
+            }
+        }
     }
     Ok(rows)
 }

@@ -400,8 +400,9 @@ async fn check_attention_rel_pos(gpu: &Gpu) -> CheckResult {
     let mut worst = [0.0f64; 2];
     // (grid, blocks, heads, kv heads, head dim): an 8x8 grid in 3x3 windows padded to 9x9 (9
     // blocks of 9 rows), the same grid global, a non-square grid with partial query and key
-    // tiles, a grid of 320 rows (10 tiles each way, 36 bias terms per row) and GQA.
-    let cases = [((3, 3), 9, 2, 2, 32), ((8, 8), 1, 2, 2, 32), ((3, 3), 9, 1, 1, 64), ((8, 8), 1, 1, 1, 64), ((5, 7), 2, 2, 2, 64), ((16, 20), 1, 1, 1, 32), ((4, 6), 3, 4, 2, 32)];
+    // tiles, a grid of 320 rows (10 tiles each way, 36 bias terms per row), GQA, and SAM-B's
+    // 14x14 windows.
+    let cases = [((3, 3), 9, 2, 2, 32), ((8, 8), 1, 2, 2, 32), ((3, 3), 9, 1, 1, 64), ((8, 8), 1, 1, 1, 64), ((5, 7), 2, 2, 2, 64), ((16, 20), 1, 1, 1, 32), ((4, 6), 3, 4, 2, 32), ((14, 14), 2, 1, 1, 64)];
     for dt in check::act_dtypes(gpu) {
         for &((gh, gw), blocks, heads, kvh, d) in &cases {
             let rows = gh * gw * blocks;
