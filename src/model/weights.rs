@@ -333,7 +333,8 @@ impl<'a> Loader<'a> {
             progress(&LoadProgress::Upload { done: *done, total: *total });
         };
         let first = pieces.first().map_or("", |p| p.0);
-        quant.quantise(gpu, src, pieces, cols, fmt, &mut tick).await.map_err(|e| named(e, src.origin(), first))
+        let file = src.need_info(first).map_or(src.origin(), |(_, f)| f);
+        quant.quantise(gpu, src, pieces, cols, fmt, &mut tick).await.map_err(|e| named(e, file, first))
     }
 
     /// A 1-D tensor (norm weight, bias) as f32.
