@@ -136,3 +136,31 @@ fn quantize_then_run_and_report() {
     assert!(rows.len() >= 4, "one row per case: {rows:?}");
     assert!(rows.iter().all(|r| r["ok"] == true && r["cosine"].as_f64().unwrap() >= 0.999), "{rows:?}");
 }
+
+/// `--quant q4` on a dense checkpoint quantises on the GPU (the loading line and `--json` say so),
+/// or on the CPU under DSVL_CPU_QUANT=1, to the same answer; dense formats quantise nothing.
+#[test]
+fn quantised_at_load_on_the_gpu_unless_told() {
+    let fx = "tests/fixtures/dsvl/tiny-orig";
+    let run = |quant: &str, cpu: bool, json: bool| {
+        let mut args = vec!["run", "--model", fx, "--prompt", "hi", "--max-new-tokens", "3", "--quant", quant];
+        if json {
+            args.push("--json");
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsvl-gpu"));
+        cmd.args(&args).env("NODEVICE_SELECT", "1").env_remove("DSVL_CPU_QUANT").current_dir(root());
+        if cpu {
+            cmd.env("DSVL_CPU_QUANT", "1");
+        }
+        let out = cmd.output().expect("run dsvl-gpu");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let json = |quant: &str, cpu: bool| serde_json::from_slice::<serde_json::Value>(&run(quant, cpu, true).stdout).expect("one JSON object");
+    let (gpu, cpu) = (json("q4", false), json("q4", true));
+    assert_eq!((gpu["quantised_on"].as_str(), cpu["quantised_on"].as_str()), (Some("gpu"), Some("cpu")));
+    assert_eq!(gpu["token_ids"], cpu["token_ids"]);
+    assert!(json("f16", false)["quantised_on"].is_null());
+    let err = String::from_utf8_lossy(&run("q8", false, false).stderr).to_string();
+    assert!(err.contains("quantised 27 of 27 tensors on the GPU"), "{err}");
+}

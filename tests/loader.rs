@@ -504,3 +504,49 @@ fn generated_fixtures_load() {
         eprintln!("generated_fixtures_load: no fixtures under {}; skipped", root.display());
     }
 }
+
+/// Quantising at load from bf16 (the released checkpoints' dtype), on the GPU: every matrix's
+/// codes and scales are the CPU path's, bit for bit, on values full of exact ties (multiples of
+/// 1/16); a tied head in another format than the table reads the table twice, and both
+/// progress stages count it in their totals.
+#[test]
+fn quantised_at_load_from_bf16_gpu_equals_cpu_with_a_tied_head() {
+    use dsvl_gpu::model::weights::{load_weights_opts, LoadOptions, LoadProgress};
+    use dsvl_gpu::quant::{QuantOn, Recipe};
+    let gpu = common::gpu();
+    let cfg = config(&hf_config());
+    let src = TensorSource::from_bytes(vec![("model.safetensors".into(), checkpoint(&tensor_list(Layout::Hf, true), Source::BF16))]).unwrap();
+    let recipe = Recipe::parse("q4,embed=f16,lm_head=q8").unwrap();
+    let load = |on| {
+        let mut seen = Vec::new();
+        let w = pollster::block_on(load_weights_opts(gpu, &cfg, &src, &recipe, DType::F32, &LoadOptions { quantise_on: on }, &mut |p| seen.push(p.clone()))).unwrap();
+        (w, seen)
+    };
+    let read_all = |w: &dsvl_gpu::model::Weights| -> Vec<(Vec<u32>, Vec<u32>)> {
+        w.matrices()
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                Weight::Quant(q) => Some(q.parts.iter().map(|p| (pollster::block_on(gpu.read_u32(&p.codes)).unwrap(), pollster::block_on(gpu.read_u32(&p.scales)).unwrap())).fold((Vec::new(), Vec::new()), |(mut c, mut s), (pc, ps)| {
+                    c.extend(pc);
+                    s.extend(ps);
+                    (c, s)
+                })),
+                Weight::Dense(_) => None,
+            })
+            .collect()
+    };
+    let (wg, seen) = load(QuantOn::Gpu);
+    let (wc, _) = load(QuantOn::Cpu);
+    assert!(matches!(wg.llm.embed, Weight::Dense(_)) && matches!(wg.llm.lm_head, Weight::Quant(_)));
+    let (g, c) = (read_all(&wg), read_all(&wc));
+    // Vision: patch + 2 x (qkv, out, fc1, fc2); aligner 2; decoder 2 x (qkv, o, gate|up, down); head.
+    assert_eq!((g.len(), c.len()), (20, 20));
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        assert!(a == b, "matrix {i}: GPU and CPU quantisation differ");
+    }
+    let last_upload = seen.iter().rev().find_map(|p| if let LoadProgress::Upload { done, total } = p { Some((*done, *total)) } else { None }).unwrap();
+    assert_eq!(last_upload.0, last_upload.1, "upload progress");
+    let Some(LoadProgress::Quantise { done, total, tensors, tensors_total, on, .. }) = seen.iter().rev().find(|p| matches!(p, LoadProgress::Quantise { .. })).cloned() else { panic!("no quantise stage") };
+    // Tensors: patch, 2 x (q, k, v, out, fc1, fc2), 2 aligner, 2 x (q, k, v, o, gate, up, down), the table again.
+    assert_eq!((done, tensors, tensors_total, on), (total, 30, 30, QuantOn::Gpu));
+}

@@ -14,4 +14,4 @@ pub mod weights;
 pub use config::{AlignerConfig, Layout, LlmConfig, ModelConfig, SamConfig, VisionConfig};
 pub use safetensors::{TensorInfo, TensorSource};
 pub use footprint::{estimate, WeightStats};
-pub use weights::{load_weights, load_weights_with, Weights};
+pub use weights::{load_weights, load_weights_opts, load_weights_with, LoadOptions, LoadProgress, Weights};

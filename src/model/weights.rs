@@ -4,7 +4,8 @@
 //! layout, shapes from the config) and checks it exists with the expected shape, so a bad
 //! checkpoint fails before anything is uploaded and the progress total is exact; the second
 //! uploads. Matrices go from the file's bytes (a memory-mapped slice natively) to the GPU and are
-//! converted there (`ops::convert::upload_matrix`); vectors (norms, biases, the position table)
+//! converted there (`ops::convert::upload_matrix`), or quantised there in row chunks when the
+//! recipe gives them an int8/int4 format (`quant::load`); vectors (norms, biases, the position table)
 //! are small and converted on the host. Tensors the graph does not use (the SigLIP pooling
 //! head, blocks past `select_layer`) are never read. A source read on demand (the browser)
 //! is fetched tensor by tensor, large matrices in row chunks of at most the fetcher's
@@ -380,7 +381,8 @@ impl<'a> Loader<'a> {
             progress(&LoadProgress::Upload { done: *done, total: *total });
         };
         let first = pieces.first().map_or("", |p| p.0);
-        quant.quantise(gpu, src, pieces, cols, fmt, &mut tick).await.map_err(|e| named(e, src.origin(), first))
+        let file = src.need_info(first).map_or(src.origin(), |(_, f)| f);
+        quant.quantise(gpu, src, pieces, cols, fmt, &mut tick).await.map_err(|e| named(e, file, first))
     }
 
     /// A 1-D tensor (norm weight, bias) as f32.

@@ -1,5 +1,6 @@
-//! Quantised weights: the packed formats, their CPU twins, the GPU matrices that hold them and
-//! the recipes that say which part of the model gets which format.
+//! Quantised weights: the packed formats, their CPU twins, the GPU matrices that hold them, the
+//! recipes that say which part of the model gets which format, and quantising a dense
+//! checkpoint while loading (`load`: on the GPU, bit-identical to the CPU twin, or on the CPU).
 //!
 //! Formats (docs/QUANT.md has the measurements behind the choices):
 //! - int8, symmetric: `w = d * q`, q in -127..=127, one f16 scale per group of columns or per row.
