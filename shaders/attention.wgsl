@@ -248,10 +248,19 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let kc = min(kk, vec4<u32>(blk - 1u));
         let hj = kc / rp.gw;
         let wj = kc - hj * rp.gw + rp.gh;
+#ifdef NOBIAS
+        // Plain bidirectional attention over the block (the SigLIP tower): no bias terms.
+        let zb = select(vec4<f32>(NEG), vec4<f32>(0.0), valid);
+        s0 = rp.scale * s0 + zb;
+        s1 = rp.scale * s1 + zb;
+        s2 = rp.scale * s2 + zb;
+        s3 = rp.scale * s3 + zb;
+#else
         s0 = rp.scale * s0 + bias4(tb.x, hj, wj, valid);
         s1 = rp.scale * s1 + bias4(tb.y, hj, wj, valid);
         s2 = rp.scale * s2 + bias4(tb.z, hj, wj, valid);
         s3 = rp.scale * s3 + bias4(tb.w, hj, wj, valid);
+#endif
         red[tx * 8u + ty] = vec4<f32>(max4(s0), max4(s1), max4(s2), max4(s3));
         workgroupBarrier();
         // The key tile is consumed: the value tile replaces it.

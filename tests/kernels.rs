@@ -48,6 +48,7 @@ kernel_tests!(
     check_qembed,
     check_window,
     check_im2col,
+    check_attention_tiled,
     check_quantise,
 );
 

@@ -435,7 +435,8 @@ fn bad_config_values_name_the_key() {
         (|v| v["vision_config"]["params"]["mlp_ratio"] = json!(-1.0), "`vision_config.params.mlp_ratio`"),
         (|v| v["vision_config"]["params"]["select_layer"] = json!(-25), "`vision_config.params.select_layer`: -25 leaves no block"),
         (|v| v["vision_config"]["params"]["select_feature"] = json!("cls_patch"), "`vision_config.params.select_feature`"),
-        (|v| v["vision_config"]["cls"] = json!("HybridVisionTower"), "`vision_config.cls`"),
+        (|v| v["vision_config"]["cls"] = json!("SamTower"), "`vision_config.cls`"),
+        (|v| v["vision_config"]["cls"] = json!("HybridVisionTower"), "`vision_config.params.high_res_cfg`: missing"),
         (|v| v["aligner_config"]["params"]["input_dim"] = json!(512), "`aligner_config.params.input_dim`: 512 disagrees with the vision width 1024"),
         (|v| v["aligner_config"]["params"]["n_embed"] = json!(1024), "`aligner_config.params.n_embed`: 1024 disagrees"),
         (|v| v["aligner_config"]["params"]["projector_type"] = json!("low_high_hybrid_split_mlp_gelu"), "`aligner_config.params.projector_type`"),
@@ -453,7 +454,7 @@ fn bad_config_values_name_the_key() {
         (|v| v["vision_config"]["hidden_size"] = json!(9), "`vision_config.num_attention_heads`: 2 heads do not divide width 9"),
         (|v| v["text_config"]["rope_parameters"]["rope_type"] = json!("yarn"), "`text_config.rope_parameters.rope_type`"),
         (|v| v["image_token_id"] = json!(4000), "`image_token_id`: 4000 is not a token id below vocab_size 40"),
-        (|v| v["model_type"] = json!("deepseek_vl_hybrid"), "not supported yet"),
+        (|v| v["model_type"] = json!("deepseek_vl_hybrid"), "`high_res_vision_config`: missing"),
     ];
     for (edit, want) in hf {
         let mut v = hf_config();

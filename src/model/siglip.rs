@@ -5,7 +5,7 @@ use super::config::ModelConfig;
 use super::weights::{AlignerWeights, Linear, VisionWeights};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::attention::{attention, AttnShape};
+use crate::ops::attention::{attention, attention_tiled, tiled_fits, AttnShape};
 use crate::ops::elementwise::{binary, Binary};
 use crate::ops::matmul::{linear, Act, Epilogue};
 use crate::ops::norm::layernorm;
@@ -43,7 +43,11 @@ pub fn record_tower(rec: &mut Recorder, cfg: &ModelConfig, w: &VisionWeights, pi
         layernorm(rec, &xr, &b.norm1_w, &b.norm1_b, eps, &hr)?;
         apply(rec, &b.qkv, &hr, Act::None, false, &Rows::all(&qkv))?; // [n, 3w]: q | k | v
         let (q, k, vv) = (Rows::cols(&qkv, 0, width), Rows::cols(&qkv, width, width), Rows::cols(&qkv, 2 * width, width));
-        attention(rec, &q, &k, &vv, &Rows::all(&a), shape, seq)?;
+        if tiled_fits(g, shape.head_dim) {
+            attention_tiled(rec, &q, &k, &vv, &Rows::all(&a), shape)?;
+        } else {
+            attention(rec, &q, &k, &vv, &Rows::all(&a), shape, seq)?;
+        }
         apply(rec, &b.proj, &Rows::all(&a), Act::None, true, &xr)?;
         // x += fc2(gelu(fc1(norm2(x))))
         layernorm(rec, &xr, &b.norm2_w, &b.norm2_b, eps, &hr)?;

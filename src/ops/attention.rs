@@ -57,6 +57,9 @@ pub fn variants() -> Vec<PipelineKey> {
                 let mut rel = base.clone();
                 rel.push("RELPOS");
                 v.push(PipelineKey::new(REL, &rel, &[]));
+                let mut plain = rel.clone();
+                plain.push("NOBIAS");
+                v.push(PipelineKey::new(REL, &plain, &[]));
                 rel.push("RELBIAS");
                 v.push(PipelineKey::new(REL_BIAS, &rel, &[]));
             }
@@ -183,7 +186,24 @@ fn rel_workgroup_bytes(d: usize) -> usize {
 /// k and v have q's rows. Two dispatches: both bias tables of every (row, head) into an f32
 /// scratch of rows * heads * (gh + gw) values, then the attention itself.
 pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, rel: &RelPos) -> Result<()> {
-    let op = "attention_rel_pos";
+    rel_impl(rec, q, k, v, o, s, rel.grid, Some((rel.h, rel.w)))
+}
+
+/// Bidirectional attention of all q's rows over as many keys (one block, no bias), on
+/// `attention_rel_pos`'s tiled kernel: 32 query rows per workgroup share each K/V tile, which
+/// the one-row-per-workgroup `attention` cannot. Head dims 32 and 64 (`tiled_fits`).
+pub fn attention_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape) -> Result<()> {
+    rel_impl(rec, q, k, v, o, s, (q.rows, 1), None)
+}
+
+/// Whether `attention_tiled` takes this head dim on this adapter.
+pub fn tiled_fits(gpu: &Gpu, head_dim: usize) -> bool {
+    matches!(head_dim, 32 | 64) && rel_workgroup_bytes(head_dim) <= gpu.caps.max_workgroup_storage as usize
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rel_impl(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, (gh, gw): (usize, usize), rel: Option<(&Tensor, &Tensor)>) -> Result<()> {
+    let op = if rel.is_some() { "attention_rel_pos" } else { "attention_tiled" };
     for r in [q, k, v, o] {
         r.check(op)?;
     }
@@ -209,21 +229,23 @@ pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &R
     if [k.off, k.stride, v.off, v.stride].iter().any(|x| x % 4 != 0) {
         return Err(shape_err(op, "k and v views must start and stride at multiples of 4 elements".into()));
     }
-    let (gh, gw) = rel.grid;
     let blk = gh * gw;
     if blk == 0 || !q.rows.is_multiple_of(blk) {
         return Err(shape_err(op, format!("{} rows are not whole blocks of a {gh}x{gw} grid", q.rows)));
     }
-    for (name, t, n) in [("rel.h", rel.h, 2 * gh - 1), ("rel.w", rel.w, 2 * gw - 1)] {
-        if t.shape() != [n, d] {
-            return Err(shape_err(op, format!("{name} is {:?}, expected [{n}, {d}] for a {gh}x{gw} grid", t.shape())));
+    let tables: Vec<&Tensor> = rel.iter().flat_map(|&(h, w)| [h, w]).collect();
+    if let Some((rh, rw)) = rel {
+        for (name, t, n) in [("rel.h", rh, 2 * gh - 1), ("rel.w", rw, 2 * gw - 1)] {
+            if t.shape() != [n, d] {
+                return Err(shape_err(op, format!("{name} is {:?}, expected [{n}, {d}] for a {gh}x{gw} grid", t.shape())));
+            }
         }
     }
     let dt = q.t.dtype();
-    if [k.t, v.t, o.t, rel.h, rel.w].iter().any(|t| t.dtype() != dt) {
+    if [k.t, v.t, o.t].iter().chain(&tables).any(|t| t.dtype() != dt) {
         return Err(Error::DType { op, dtype: dt.name().into(), detail: "q, k, v, o and the rel tables must share a dtype".into() });
     }
-    if [q.t, k.t, v.t, rel.h, rel.w].iter().any(|t| t.same_buffer(o.t)) {
+    if [q.t, k.t, v.t].iter().chain(&tables).any(|t| t.same_buffer(o.t)) {
         return Err(shape_err(op, "output shares a buffer with an input".into()));
     }
     let wg_bytes = rel_workgroup_bytes(d);
@@ -233,8 +255,6 @@ pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &R
             message: format!("needs {wg_bytes} bytes of workgroup memory, the adapter offers {}", rec.gpu.caps.max_workgroup_storage),
         });
     }
-    let nb = gh + gw;
-    let n_bias = u32_of(op, q.rows * s.heads * nb)?;
     let params = RelAttnParams {
         heads: s.heads as u32,
         kv_heads: s.kv_heads as u32,
@@ -254,12 +274,19 @@ pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &R
     };
     let mut flags = act_flags(op, dt)?.to_vec();
     flags.extend([hd_flag, "RELPOS"]);
+    let wg = [u32_of(op, blk.div_ceil(REL_ROWS))?, s.heads as u32, u32_of(op, q.rows / blk)?];
+    let Some((rh, rw)) = rel else {
+        // No bias: the kernel never reads its table, so a one-value stand-in is bound.
+        flags.push("NOBIAS");
+        let none = Tensor::empty(rec.gpu, &[1], DType::F32)?;
+        return rec.dispatch(&PipelineKey::new(REL, &flags, &[]), &params, &[q.t, k.t, v.t, &none, o.t], wg);
+    };
+    let n_bias = u32_of(op, q.rows * s.heads * (gh + gw))?;
     let relb = Tensor::empty(rec.gpu, &[n_bias as usize], DType::F32)?;
     let mut bias_flags = flags.clone();
     bias_flags.push("RELBIAS");
     let bias_grid = grid(n_bias.div_ceil(256), rec.gpu.caps.max_workgroups_per_dim);
-    rec.dispatch(&PipelineKey::new(REL_BIAS, &bias_flags, &[]), &params, &[q.t, rel.h, rel.w, &relb], bias_grid)?;
-    let wg = [u32_of(op, blk.div_ceil(REL_ROWS))?, s.heads as u32, u32_of(op, q.rows / blk)?];
+    rec.dispatch(&PipelineKey::new(REL_BIAS, &bias_flags, &[]), &params, &[q.t, rh, rw, &relb], bias_grid)?;
     rec.dispatch(&PipelineKey::new(REL, &flags, &[]), &params, &[q.t, k.t, v.t, &relb, o.t], wg)
 }
 
@@ -446,4 +473,32 @@ async fn check_attention_rel_pos(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err f32 {:.2e}, f16 {f16}", worst[0]))
 }
 
-crate::checks!(check_attention_vit, check_attention_causal, check_attention_rel_pos);
+/// The tiled kernel without bias (the SigLIP tower's attention): rows not a multiple of the
+/// 32-row tile, a single row, head dims 32 and 64, and the fused qkv layout.
+async fn check_attention_tiled(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(43);
+    let mut worst = 0.0f64;
+    for dt in check::act_dtypes(gpu) {
+        for (n, heads, d) in [(1, 1, 64), (7, 2, 64), (77, 3, 32), (70, 2, 64)] {
+            if !tiled_fits(gpu, d) {
+                return Ok(format!("skipped: head dim {d} needs {} bytes of workgroup memory", rel_workgroup_bytes(d)));
+            }
+            let w = heads * d;
+            let qkv = check::round_to(dt, &rng.normals(n * 3 * w, 1.0));
+            let t = Tensor::from_f32(gpu, &[n, 3 * w], dt, &qkv)?;
+            let o = poisoned(gpu, &[n, w], dt)?;
+            let s = AttnShape { heads, kv_heads: heads, head_dim: d, scale: (d as f32).powf(-0.5), causal: false };
+            let mut rec = Recorder::new(gpu);
+            attention_tiled(&mut rec, &Rows::cols(&t, 0, w), &Rows::cols(&t, w, w), &Rows::cols(&t, 2 * w, w), &Rows::all(&o), s)?;
+            rec.finish()?.run(gpu).await?;
+            let got = gpu.read_f32(&o).await?;
+            let split = |c0: usize| -> Vec<f32> { (0..n * w).map(|i| qkv[(i / w) * 3 * w + c0 + i % w]).collect() };
+            let want = reference(&split(0), &split(w), &split(2 * w), n, n, s, 0);
+            let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 3e-3 } } else { Tol { abs: 2e-6, rel: 2e-5 } };
+            worst = worst.max(compare(&format!("attention tiled {dt} n={n} h={heads} d={d}"), &got, &want, tol)?);
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+crate::checks!(check_attention_vit, check_attention_causal, check_attention_rel_pos, check_attention_tiled);
