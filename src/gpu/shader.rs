@@ -21,6 +21,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("matmul_coop_staged", include_str!("../../shaders/matmul_coop_staged.wgsl")),
+    ("qmatmul_coop", include_str!("../../shaders/qmatmul_coop.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("interp", include_str!("../../shaders/interp.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
@@ -39,6 +40,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// Snippets inserted by `#include NAME` (no directives of their own).
 pub const INCLUDES: &[(&str, &str)] = &[
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
+    ("qmatmul_params", include_str!("../../shaders/qmatmul_params.wgsl")),
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),
     ("qdecode", include_str!("../../shaders/qdecode.wgsl")),

@@ -74,7 +74,7 @@ pub fn variants() -> Vec<PipelineKey> {
 
 /// Whether tensor-core GEMMs stage their tiles through workgroup memory: where the adapter
 /// gives the workgroup memory, unless `DSVL_COOP_STAGED=0` (the direct-load kernel, for comparison).
-fn coop_staged(gpu: &Gpu) -> bool {
+pub(crate) fn coop_staged(gpu: &Gpu) -> bool {
     gpu.caps.max_workgroup_storage >= STAGED_WG_BYTES && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
 }
 

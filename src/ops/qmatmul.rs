@@ -23,6 +23,8 @@ params_struct!(QEmbedParams("QEmbedParams") {
 
 const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
 const QGEMM: Kernel = Kernel { shader: "qmatmul", entry: "qgemm", binds: BINDS };
+/// The tensor-core GEMM with W dequantised while staged (`shaders/qmatmul_coop.wgsl`).
+const QGEMM_COOP: Kernel = Kernel { shader: "qmatmul_coop", entry: "qgemm_coop", binds: BINDS };
 const QGEMV: Kernel = Kernel { shader: "qmatmul", entry: "qgemv", binds: BINDS };
 const QGATHER: Kernel = Kernel { shader: "qembed", entry: "qgather", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite] };
 
@@ -41,6 +43,9 @@ pub fn variants() -> Vec<PipelineKey> {
             let base: Vec<&'static str> = act.iter().chain(format_flags(fmt)).copied().collect();
             v.push(PipelineKey::new(QGEMM, &base, &[]));
             v.push(PipelineKey::new(QGATHER, &base, &[]));
+            if !act.is_empty() {
+                v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
+            }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(QGEMV, &f, &[]));
@@ -65,7 +70,16 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         flags.push("SUBGROUPS");
     }
     let cpg = super::matmul::gemv_tuning(w.rows).0;
-    let key = if gemv { PipelineKey::new(QGEMV, &flags, &[("CPG", cpg)]) } else { PipelineKey::new(QGEMM, &flags, &[]) };
+    // Tensor cores for prefill and vision where the f16 GEMM would get them.
+    let coop = !gemv && super::matmul::coop_staged(rec.gpu) && rec.gpu.caps.coop16 && x.t.dtype() == DType::F16 && k.is_multiple_of(16) && x.off.is_multiple_of(8) && x.stride.is_multiple_of(8);
+    let key = if gemv {
+        PipelineKey::new(QGEMV, &flags, &[("CPG", cpg)])
+    } else if coop {
+        let f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
+        PipelineKey::new(QGEMM_COOP, &f, &[])
+    } else {
+        PipelineKey::new(QGEMM, &flags, &[])
+    };
     let (ep_flags, act) = epilogue_params(&ep);
     let l = &w.layout;
     for part in &w.parts {
@@ -90,6 +104,8 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         let wg = if gemv {
             let [gx, gy, _] = grid((part.rows as u32).div_ceil(8 * cpg), caps.max_workgroups_per_dim);
             [gx, gy, m as u32]
+        } else if coop {
+            [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
         } else {
             [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
@@ -171,6 +187,7 @@ async fn check_qlinear(gpu: &Gpu) -> CheckResult {
         c(9, 72, 17, true, Act::GeluTanh, false), // GEMM, smallest; K padded
         c(33, 96, 130, true, Act::None, true),    // GEMM, N over one tile
         c(130, 100, 33, false, Act::None, false), // GEMM, M over one tile, K not a multiple of 8
+        c(70, 80, 140, true, Act::GeluErf, true), // GEMM; where tensor cores take it: two row tiles, a half k step
     ];
     let mut rng = Rng::new(20);
     let mut worst = 0.0f64;

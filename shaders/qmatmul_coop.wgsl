@@ -1,0 +1,193 @@
+// y[m, n_off + n] = epilogue(sum_k x[m, k] * deq(W)[n, k] + bias[bias_off + n]) on cooperative
+// matrices, W packed (src/quant) and dequantised while staged: the f16 kernel of
+// matmul_coop_staged.wgsl with its W tile filled from codes. Each 32-deep k step, thread t
+// (< 128) reads row t's 32 codes (one 16-byte load for int4, two for int8) and their scale,
+// and writes the 32 dequantised values as f16 into workgroup memory; the codes of the next step
+// are loaded before this step's multiplies. A 32-column chunk lies in one group (groups are
+// multiples of 32). k past K reads zeros from x, so the padded codes multiply nothing.
+// Flags as qmatmul.wgsl: Q4 (else int8), ZERO (int4 with offsets). f16 x (16-byte aligned rows).
+enable wgpu_cooperative_matrix;
+
+alias T = f16;
+
+#include qmatmul_params
+
+@group(0) @binding(0) var<uniform> p: QMatmulParams;
+@group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> codes: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f16>;
+
+#include gelu
+#include epilogue
+#include qdecode
+
+#ifdef ZERO
+const OFF: f32 = 0.0;
+#else
+const OFF: f32 = 8.0;
+#endif
+
+const BM: u32 = 64u;
+const BN: u32 = 128u;
+const BK: u32 = 32u;
+const S: u32 = 40u;
+var<workgroup> As: array<f16, 5120>; // 2 stages x BM x S
+var<workgroup> Bs: array<f16, 10240>; // 2 stages x BN x S
+var<workgroup> cs: array<f32, 1024>;
+
+// One row's codes for a 32-deep step (int8: two words of 16 bytes) and its (d, m).
+struct RowCodes {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    sc: vec2<f32>,
+}
+
+fn load_a(m0: u32, k0: u32, c: u32) -> vec4<u32> {
+    let m = min(m0 + c / 4u, p.m - 1u);
+    let k = k0 + 8u * (c % 4u);
+    if (k >= p.k) { return vec4<u32>(0u); }
+    return x8[(p.x_off + m * p.x_stride + k) / 8u];
+}
+
+fn put_a(stage: u32, c: u32, v: vec4<u32>) {
+    let at = stage * (BM * S) + (c / 4u) * S + 8u * (c % 4u);
+    let h0 = vec2<f16>(unpack2x16float(v.x));
+    let h1 = vec2<f16>(unpack2x16float(v.y));
+    let h2 = vec2<f16>(unpack2x16float(v.z));
+    let h3 = vec2<f16>(unpack2x16float(v.w));
+    As[at] = h0.x; As[at + 1u] = h0.y; As[at + 2u] = h1.x; As[at + 3u] = h1.y;
+    As[at + 4u] = h2.x; As[at + 5u] = h2.y; As[at + 6u] = h3.x; As[at + 7u] = h3.y;
+}
+
+fn load_b(n0: u32, k0: u32, t: u32) -> RowCodes {
+    let n = min(n0 + t, p.n - 1u);
+    let c = k0 / 32u;
+    var r: RowCodes;
+    let gi = n * p.row_groups + (k0 / p.group);
+#ifdef ZERO
+    r.sc = scale_pair(gi);
+#else
+    r.sc = vec2<f32>(scale_half(gi), 0.0);
+#endif
+    let row = n * (p.row_words >> 2u);
+#ifdef Q4
+    r.a = codes[row + c];
+#else
+    r.a = codes[row + 2u * c];
+    r.b = codes[row + 2u * c + 1u];
+#endif
+    return r;
+}
+
+fn put4(at: u32, v: vec4<f32>) {
+    Bs[at] = f16(v.x); Bs[at + 1u] = f16(v.y); Bs[at + 2u] = f16(v.z); Bs[at + 3u] = f16(v.w);
+}
+
+fn put_b(stage: u32, t: u32, r: RowCodes) {
+    let at = stage * (BN * S) + t * S;
+    let d = r.sc.x;
+    let m = vec4<f32>(r.sc.y);
+#ifdef Q4
+    put4(at, d * (nib_lo(r.a.x) - OFF) + m);
+    put4(at + 4u, d * (nib_hi(r.a.x) - OFF) + m);
+    put4(at + 8u, d * (nib_lo(r.a.y) - OFF) + m);
+    put4(at + 12u, d * (nib_hi(r.a.y) - OFF) + m);
+    put4(at + 16u, d * (nib_lo(r.a.z) - OFF) + m);
+    put4(at + 20u, d * (nib_hi(r.a.z) - OFF) + m);
+    put4(at + 24u, d * (nib_lo(r.a.w) - OFF) + m);
+    put4(at + 28u, d * (nib_hi(r.a.w) - OFF) + m);
+#else
+    put4(at, d * bytes4(r.a.x));
+    put4(at + 4u, d * bytes4(r.a.y));
+    put4(at + 8u, d * bytes4(r.a.z));
+    put4(at + 12u, d * bytes4(r.a.w));
+    put4(at + 16u, d * bytes4(r.b.x));
+    put4(at + 20u, d * bytes4(r.b.y));
+    put4(at + 24u, d * bytes4(r.b.z));
+    put4(at + 28u, d * bytes4(r.b.w));
+#endif
+}
+
+fn emit(c: coop_mat16x16<f32, C>, sid: u32, lane: u32, mc: u32, nc: u32) {
+    coopStoreT(c, &cs[sid * 256u], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        let m = mc + e / 16u;
+        let n = nc + e % 16u;
+        if (m < p.m && n < p.n) {
+            finish(m, n, cs[sid * 256u + e]);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(128)
+fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m_base = wid.y * BM;
+    let n_base = wid.x * BN;
+    let mr = (sid / 2u) * 32u;
+    let nr = (sid % 2u) * 64u;
+    var c00: coop_mat16x16<f32, C>;
+    var c01: coop_mat16x16<f32, C>;
+    var c02: coop_mat16x16<f32, C>;
+    var c03: coop_mat16x16<f32, C>;
+    var c10: coop_mat16x16<f32, C>;
+    var c11: coop_mat16x16<f32, C>;
+    var c12: coop_mat16x16<f32, C>;
+    var c13: coop_mat16x16<f32, C>;
+    let steps = (p.k + BK - 1u) / BK;
+    var ra0 = load_a(m_base, 0u, t);
+    var ra1 = load_a(m_base, 0u, t + 128u);
+    var rb = load_b(n_base, 0u, t);
+    put_a(0u, t, ra0);
+    put_a(0u, t + 128u, ra1);
+    put_b(0u, t, rb);
+    workgroupBarrier();
+    for (var s = 0u; s < steps; s++) {
+        let cur = s % 2u;
+        let more = s + 1u < steps;
+        if (more) {
+            let k1 = (s + 1u) * BK;
+            ra0 = load_a(m_base, k1, t);
+            ra1 = load_a(m_base, k1, t + 128u);
+            rb = load_b(n_base, k1, t);
+        }
+        let ab = cur * (BM * S) + mr * S;
+        let bb = cur * (BN * S) + nr * S;
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + kk], S);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + 16u * S + kk], S);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + kk], S);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 16u * S + kk], S);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 32u * S + kk], S);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 48u * S + kk], S);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+        }
+        if (more) {
+            let nxt = 1u - cur;
+            put_a(nxt, t, ra0);
+            put_a(nxt, t + 128u, ra1);
+            put_b(nxt, t, rb);
+        }
+        workgroupBarrier();
+    }
+    let m0 = m_base + mr;
+    let n0 = n_base + nr;
+    emit(c00, sid, lane, m0, n0);
+    emit(c01, sid, lane, m0, n0 + 16u);
+    emit(c02, sid, lane, m0, n0 + 32u);
+    emit(c03, sid, lane, m0, n0 + 48u);
+    emit(c10, sid, lane, m0 + 16u, n0);
+    emit(c11, sid, lane, m0 + 16u, n0 + 16u);
+    emit(c12, sid, lane, m0 + 16u, n0 + 32u);
+    emit(c13, sid, lane, m0 + 16u, n0 + 48u);
+}
