@@ -137,7 +137,12 @@ fn q4(i: u32) -> vec4<f32> {
 @group(0) @binding(1) var<storage, read> q: array<T>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<T>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<T>>;
+#ifdef CAUSAL
+// [position of query row 0, number of valid kv rows], as `attention`'s.
+@group(0) @binding(4) var<storage, read> seqv: array<u32>;
+#else
 @group(0) @binding(4) var<storage, read> relb: array<f32>;
+#endif
 @group(0) @binding(5) var<storage, read_write> o: array<T>;
 
 // The query tile, [row][DP4].
@@ -162,6 +167,7 @@ fn sum4(a: vec4<f32>) -> f32 {
     return a.x + a.y + a.z + a.w;
 }
 
+#ifndef CAUSAL
 // Both bias terms of the row whose table starts at `base`, for keys in grid rows hj and
 // columns wj (offset by gh into the table); NEG where the key is past the block.
 fn bias4(base: u32, hj: vec4<u32>, wj: vec4<u32>, valid: vec4<bool>) -> vec4<f32> {
@@ -173,6 +179,7 @@ fn bias4(base: u32, hj: vec4<u32>, wj: vec4<u32>, valid: vec4<bool>) -> vec4<f32
     );
     return select(vec4<f32>(NEG), b, valid);
 }
+#endif
 
 // p = exp(s - m), zero for keys past the block.
 fn probs(s: vec4<f32>, m: f32, valid: vec4<bool>) -> vec4<f32> {
@@ -188,11 +195,22 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let r0 = wid.x * BQ;
     let tx = t % 8u;
     let ty = t / 8u;
+#ifdef CAUSAL
+    // One block of q rows (gh = rows, gw = 1) over the cache's keys: key j is visible to query
+    // row i when j <= pos0 + i; keys past the workgroup's last row's are never loaded.
+    let q_rows = blk;
+    let pos0 = seqv[0];
+    let kend = min(seqv[1], pos0 + min(r0 + BQ, q_rows));
+    let qpos = pos0 + r0 + ty + vec4<u32>(0u, 8u, 16u, 24u);
+#else
+    let q_rows = blk;
+    let kend = blk;
+#endif
     for (var e = t; e < BQ * D4; e += 64u) {
         let r = e / D4;
         let c = e % D4;
         var qv = vec4<f32>(0.0);
-        if (r0 + r < blk) {
+        if (r0 + r < q_rows) {
             let qb = rp.q_off + (b0 + r0 + r) * rp.q_stride + h * D + 4u * c;
             qv = vec4<f32>(f32(q[qb]), f32(q[qb + 1u]), f32(q[qb + 2u]), f32(q[qb + 3u]));
         }
@@ -211,18 +229,28 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var o6 = vec4<f32>(0.0);
     var o7 = vec4<f32>(0.0);
 #endif
+#ifdef HD128
+    var o8 = vec4<f32>(0.0);
+    var o9 = vec4<f32>(0.0);
+    var o10 = vec4<f32>(0.0);
+    var o11 = vec4<f32>(0.0);
+    var o12 = vec4<f32>(0.0);
+    var o13 = vec4<f32>(0.0);
+    var o14 = vec4<f32>(0.0);
+    var o15 = vec4<f32>(0.0);
+#endif
     // Where each of the thread's rows' bias tables starts (rows past the block: clamped, never written).
     let nb = rp.gh + rp.gw;
     let rows = min(r0 + ty + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(blk - 1u));
     let tb = ((b0 + rows) * rp.heads + h) * nb;
     let kbase = rp.k_off4 + b0 * rp.k_stride4 + kvh * D4;
     let vbase = rp.v_off4 + b0 * rp.v_stride4 + kvh * D4;
-    // blk is uniform, so every barrier below is reached by all threads.
-    for (var t0 = 0u; t0 < blk; t0 += BK) {
+    // kend is uniform, so every barrier below is reached by all threads.
+    for (var t0 = 0u; t0 < kend; t0 += BK) {
         for (var e = t; e < BK * D4; e += 64u) {
             let kk = t0 + e / D4;
             var kv = vec4<f32>(0.0);
-            if (kk < blk) {
+            if (kk < kend) {
                 kv = vec4<f32>(k[kbase + kk * rp.k_stride4 + e % D4]);
             }
             kvs[(e / D4) * DP4 + e % D4] = kv;
@@ -244,7 +272,22 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         }
         // The thread's keys tx + 8j: validity, grid row and (offset) grid column.
         let kk = t0 + tx + vec4<u32>(0u, 8u, 16u, 24u);
-        let valid = kk < vec4<u32>(blk);
+        let valid = kk < vec4<u32>(kend);
+#ifdef CAUSAL
+        // Each of the thread's rows has its own horizon.
+        let v0 = valid & (kk <= vec4<u32>(qpos.x));
+        let v1 = valid & (kk <= vec4<u32>(qpos.y));
+        let v2 = valid & (kk <= vec4<u32>(qpos.z));
+        let v3 = valid & (kk <= vec4<u32>(qpos.w));
+        s0 = select(vec4<f32>(NEG), rp.scale * s0, v0);
+        s1 = select(vec4<f32>(NEG), rp.scale * s1, v1);
+        s2 = select(vec4<f32>(NEG), rp.scale * s2, v2);
+        s3 = select(vec4<f32>(NEG), rp.scale * s3, v3);
+#else
+        let v0 = valid;
+        let v1 = valid;
+        let v2 = valid;
+        let v3 = valid;
         let kc = min(kk, vec4<u32>(blk - 1u));
         let hj = kc / rp.gw;
         let wj = kc - hj * rp.gw + rp.gh;
@@ -261,13 +304,14 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         s2 = rp.scale * s2 + bias4(tb.z, hj, wj, valid);
         s3 = rp.scale * s3 + bias4(tb.w, hj, wj, valid);
 #endif
+#endif
         red[tx * 8u + ty] = vec4<f32>(max4(s0), max4(s1), max4(s2), max4(s3));
         workgroupBarrier();
         // The key tile is consumed: the value tile replaces it.
         for (var e = t; e < BK * D4; e += 64u) {
             let kk = t0 + e / D4;
             var vv = vec4<f32>(0.0);
-            if (kk < blk) {
+            if (kk < kend) {
                 vv = vec4<f32>(v[vbase + kk * rp.v_stride4 + e % D4]);
             }
             kvs[(e / D4) * DP4 + e % D4] = vv;
@@ -276,14 +320,14 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         for (var x = 1u; x < 8u; x++) {
             tile_max = max(tile_max, red[x * 8u + ty]);
         }
-        // Every key tile holds a valid key, so the new max is finite.
+        // Key 0 is visible to every row and lies in the first tile, so m is finite from there on.
         let m_new = max(m, tile_max);
         let corr = exp(m - m_new);
         m = m_new;
-        let p0 = probs(s0, m.x, valid);
-        let p1 = probs(s1, m.y, valid);
-        let p2 = probs(s2, m.z, valid);
-        let p3 = probs(s3, m.w, valid);
+        let p0 = probs(s0, m.x, v0);
+        let p1 = probs(s1, m.y, v1);
+        let p2 = probs(s2, m.z, v2);
+        let p3 = probs(s3, m.w, v3);
         l = l * corr + vec4<f32>(sum4(p0), sum4(p1), sum4(p2), sum4(p3));
         pt[tx * PP + ty] = vec4<f32>(p0.x, p1.x, p2.x, p3.x);
         pt[(tx + 8u) * PP + ty] = vec4<f32>(p0.y, p1.y, p2.y, p3.y);
@@ -299,6 +343,16 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         o6 *= corr.z;
         o7 *= corr.w;
 #endif
+#ifdef HD128
+        o8 *= corr.x;
+        o9 *= corr.y;
+        o10 *= corr.z;
+        o11 *= corr.w;
+        o12 *= corr.x;
+        o13 *= corr.y;
+        o14 *= corr.z;
+        o15 *= corr.w;
+#endif
         workgroupBarrier();
         for (var j = 0u; j < BK; j++) {
             let pr = pt[j * PP + ty];
@@ -313,6 +367,18 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             o5 = fma(vec4<f32>(pr.y), vb, o5);
             o6 = fma(vec4<f32>(pr.z), vb, o6);
             o7 = fma(vec4<f32>(pr.w), vb, o7);
+#endif
+#ifdef HD128
+            let vc = kvs[j * DP4 + tx + 16u];
+            o8 = fma(vec4<f32>(pr.x), vc, o8);
+            o9 = fma(vec4<f32>(pr.y), vc, o9);
+            o10 = fma(vec4<f32>(pr.z), vc, o10);
+            o11 = fma(vec4<f32>(pr.w), vc, o11);
+            let vd = kvs[j * DP4 + tx + 24u];
+            o12 = fma(vec4<f32>(pr.x), vd, o12);
+            o13 = fma(vec4<f32>(pr.y), vd, o13);
+            o14 = fma(vec4<f32>(pr.z), vd, o14);
+            o15 = fma(vec4<f32>(pr.w), vd, o15);
 #endif
         }
         workgroupBarrier();
@@ -334,6 +400,16 @@ fn attention_rel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     store_rel(r0 + ty + 8u, blk, b0, h, 4u * tx + 32u, o5 * inv.y);
     store_rel(r0 + ty + 16u, blk, b0, h, 4u * tx + 32u, o6 * inv.z);
     store_rel(r0 + ty + 24u, blk, b0, h, 4u * tx + 32u, o7 * inv.w);
+#endif
+#ifdef HD128
+    store_rel(r0 + ty, blk, b0, h, 4u * tx + 64u, o8 * inv.x);
+    store_rel(r0 + ty + 8u, blk, b0, h, 4u * tx + 64u, o9 * inv.y);
+    store_rel(r0 + ty + 16u, blk, b0, h, 4u * tx + 64u, o10 * inv.z);
+    store_rel(r0 + ty + 24u, blk, b0, h, 4u * tx + 64u, o11 * inv.w);
+    store_rel(r0 + ty, blk, b0, h, 4u * tx + 96u, o12 * inv.x);
+    store_rel(r0 + ty + 8u, blk, b0, h, 4u * tx + 96u, o13 * inv.y);
+    store_rel(r0 + ty + 16u, blk, b0, h, 4u * tx + 96u, o14 * inv.z);
+    store_rel(r0 + ty + 24u, blk, b0, h, 4u * tx + 96u, o15 * inv.w);
 #endif
 }
 

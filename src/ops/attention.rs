@@ -63,6 +63,15 @@ pub fn variants() -> Vec<PipelineKey> {
                 rel.push("RELBIAS");
                 v.push(PipelineKey::new(REL_BIAS, &rel, &[]));
             }
+            let hd_n = match hd {
+                "HD32" => 32,
+                "HD64" => 64,
+                _ => 128,
+            };
+            let mut causal: Vec<&str> = if f16 { vec!["F16"] } else { vec![] };
+            causal.extend(tiled_hd_flags(hd_n));
+            causal.extend(["RELPOS", "NOBIAS", "CAUSAL"]);
+            v.push(PipelineKey::new(REL, &causal, &[]));
         }
     }
     v
@@ -123,6 +132,9 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     }
     if q.rows == 0 {
         return Ok(());
+    }
+    if s.causal && q.rows > 1 && tiled_fits(rec.gpu, s.head_dim) {
+        return causal_tiled(rec, q, k, v, o, s, seq);
     }
     let (splits, split_len) = split_plan(q.rows, s.heads, k.rows);
     let params = AttnParams {
@@ -191,14 +203,52 @@ pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &R
 
 /// Bidirectional attention of all q's rows over as many keys (one block, no bias), on
 /// `attention_rel_pos`'s tiled kernel: 32 query rows per workgroup share each K/V tile, which
-/// the one-row-per-workgroup `attention` cannot. Head dims 32 and 64 (`tiled_fits`).
+/// the one-row-per-workgroup `attention` cannot. Head dims 32 and 64.
 pub fn attention_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape) -> Result<()> {
     rel_impl(rec, q, k, v, o, s, (q.rows, 1), None)
 }
 
-/// Whether `attention_tiled` takes this head dim on this adapter.
+/// Whether the tiled kernel takes this head dim on this adapter (128 only causal: prefill).
 pub fn tiled_fits(gpu: &Gpu, head_dim: usize) -> bool {
-    matches!(head_dim, 32 | 64) && rel_workgroup_bytes(head_dim) <= gpu.caps.max_workgroup_storage as usize
+    matches!(head_dim, 32 | 64 | 128) && rel_workgroup_bytes(head_dim) <= gpu.caps.max_workgroup_storage as usize
+}
+
+/// Head-dim flags of the tiled kernel: 128 also sets HD64, whose accumulators it extends.
+fn tiled_hd_flags(d: usize) -> &'static [&'static str] {
+    match d {
+        32 => &["HD32"],
+        64 => &["HD64"],
+        _ => &["HD128", "HD64"],
+    }
+}
+
+/// Causal attention of several new rows over a KV cache (prefill) on the tiled kernel: 32
+/// query rows per workgroup share each K/V tile, and a workgroup reads keys only up to its last
+/// row's position. `attention` has checked the views and dtypes.
+fn causal_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, seq: &Tensor) -> Result<()> {
+    let op = "attention";
+    let params = RelAttnParams {
+        heads: s.heads as u32,
+        kv_heads: s.kv_heads as u32,
+        gh: u32_of(op, q.rows)?,
+        gw: 1,
+        q_off: q.off as u32,
+        q_stride: q.stride as u32,
+        k_off4: (k.off / 4) as u32,
+        k_stride4: (k.stride / 4) as u32,
+        v_off4: (v.off / 4) as u32,
+        v_stride4: (v.stride / 4) as u32,
+        o_off: o.off as u32,
+        o_stride: o.stride as u32,
+        scale: s.scale,
+        rows: q.rows as u32,
+        ..Default::default()
+    };
+    let mut flags = act_flags(op, q.t.dtype())?.to_vec();
+    flags.extend(tiled_hd_flags(s.head_dim));
+    flags.extend(["RELPOS", "NOBIAS", "CAUSAL"]);
+    let wg = [u32_of(op, q.rows.div_ceil(REL_ROWS))?, s.heads as u32, 1];
+    rec.dispatch(&PipelineKey::new(REL, &flags, &[]), &params, &[q.t, k.t, v.t, seq, o.t], wg)
 }
 
 #[allow(clippy::too_many_arguments)]
