@@ -55,6 +55,19 @@ pub fn variants() -> Vec<PipelineKey> {
     v
 }
 
+/// Whether the tensor-core kernel takes this product (prefill and vision rows, f16 x, whole
+/// 16-deep k steps, 16-byte aligned rows), where the f16 GEMM would get tensor cores. It stages
+/// the dequantised weights as f16, one more rounding than the other kernels.
+fn takes_coop(gpu: &Gpu, x: &Rows) -> bool {
+    x.rows > GEMV_MAX_ROWS
+        && gpu.caps.coop16
+        && super::matmul::coop_staged(gpu)
+        && x.t.dtype() == DType::F16
+        && x.cols.is_multiple_of(16)
+        && x.off.is_multiple_of(8)
+        && x.stride.is_multiple_of(8)
+}
+
 /// `matmul::linear` with a quantised weight, after its shape, dtype and bias checks.
 pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, bias: &Tensor, y: &Rows) -> Result<()> {
     let op = "linear";
@@ -70,8 +83,7 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         flags.push("SUBGROUPS");
     }
     let cpg = super::matmul::gemv_tuning(w.rows).0;
-    // Tensor cores for prefill and vision where the f16 GEMM would get them.
-    let coop = !gemv && super::matmul::coop_staged(rec.gpu) && rec.gpu.caps.coop16 && x.t.dtype() == DType::F16 && k.is_multiple_of(16) && x.off.is_multiple_of(8) && x.stride.is_multiple_of(8);
+    let coop = takes_coop(rec.gpu, x);
     let key = if gemv {
         PipelineKey::new(QGEMV, &flags, &[("CPG", cpg)])
     } else if coop {
@@ -152,10 +164,14 @@ async fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case, act_dt: DType, fmt: QForma
     let x = check::round_to(act_dt, &rng.normals(c.m * c.k, 1.0));
     let w = rng.normals(c.n * c.k, (1.0 / c.k as f32).sqrt());
     let packed = Packed::quantize(fmt, c.n, c.k, &w)?;
-    let deq = packed.dequantize();
+    let mut deq = packed.dequantize();
     let b = rng.normals(c.n, 0.5);
     let prev = check::round_to(act_dt, &rng.normals(c.m * c.n, 1.0));
     let xt = Tensor::from_f32(gpu, &[c.m, c.k], act_dt, &x)?;
+    if takes_coop(gpu, &Rows::all(&xt)) {
+        // The tensor-core kernel multiplies the dequantised weights rounded to f16.
+        deq = check::round_to(DType::F16, &deq);
+    }
     let wt = QMatrix::upload_parts(gpu, &packed, c.part_rows)?;
     let bt = Tensor::from_f32(gpu, &[c.n], DType::F32, &b)?;
     let yt = if c.residual { Tensor::from_f32(gpu, &[c.m, c.n], act_dt, &prev)? } else { poisoned(gpu, &[c.m, c.n], act_dt)? };
