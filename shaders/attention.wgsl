@@ -34,24 +34,7 @@ const TILE: u32 = 64u;
 const KP: u32 = TILE / D4;
 const NEG: f32 = -3.4028234e38;
 
-struct AttnParams {
-    m: u32,
-    heads: u32,
-    kv_heads: u32,
-    causal: u32,
-    q_off: u32,
-    q_stride: u32,
-    k_off4: u32,
-    k_stride4: u32,
-    v_off4: u32,
-    v_stride4: u32,
-    o_off: u32,
-    o_stride: u32,
-    scale: f32,
-    splits: u32,
-    split_len: u32,
-    _pad: u32,
-}
+#include attn_params
 
 struct RelAttnParams {
     heads: u32,

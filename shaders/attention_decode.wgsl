@@ -17,24 +17,7 @@ const D4: u32 = 32u;
 const NW: u32 = 4u;
 const NEG: f32 = -3.4028234e38;
 
-struct AttnParams {
-    m: u32,
-    heads: u32,
-    kv_heads: u32,
-    causal: u32,
-    q_off: u32,
-    q_stride: u32,
-    k_off4: u32,
-    k_stride4: u32,
-    v_off4: u32,
-    v_stride4: u32,
-    o_off: u32,
-    o_stride: u32,
-    scale: f32,
-    splits: u32,
-    split_len: u32,
-    _pad: u32,
-}
+#include attn_params
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> seq: array<u32>;

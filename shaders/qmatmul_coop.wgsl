@@ -29,36 +29,13 @@ const OFF: f32 = 0.0;
 const OFF: f32 = 8.0;
 #endif
 
-const BM: u32 = 64u;
-const BN: u32 = 128u;
-const BK: u32 = 32u;
-const S: u32 = 40u;
-var<workgroup> As: array<f16, 5120>; // 2 stages x BM x S
-var<workgroup> Bs: array<f16, 10240>; // 2 stages x BN x S
-var<workgroup> cs: array<f32, 1024>;
+#include coop_stage
 
 // One row's codes for a 32-deep step (int8: two words of 16 bytes) and its (d, m).
 struct RowCodes {
     a: vec4<u32>,
     b: vec4<u32>,
     sc: vec2<f32>,
-}
-
-fn load_a(m0: u32, k0: u32, c: u32) -> vec4<u32> {
-    let m = min(m0 + c / 4u, p.m - 1u);
-    let k = k0 + 8u * (c % 4u);
-    if (k >= p.k) { return vec4<u32>(0u); }
-    return x8[(p.x_off + m * p.x_stride + k) / 8u];
-}
-
-fn put_a(stage: u32, c: u32, v: vec4<u32>) {
-    let at = stage * (BM * S) + (c / 4u) * S + 8u * (c % 4u);
-    let h0 = vec2<f16>(unpack2x16float(v.x));
-    let h1 = vec2<f16>(unpack2x16float(v.y));
-    let h2 = vec2<f16>(unpack2x16float(v.z));
-    let h3 = vec2<f16>(unpack2x16float(v.w));
-    As[at] = h0.x; As[at + 1u] = h0.y; As[at + 2u] = h1.x; As[at + 3u] = h1.y;
-    As[at + 4u] = h2.x; As[at + 5u] = h2.y; As[at + 6u] = h3.x; As[at + 7u] = h3.y;
 }
 
 fn load_b(n0: u32, k0: u32, t: u32) -> RowCodes {
@@ -108,19 +85,6 @@ fn put_b(stage: u32, t: u32, r: RowCodes) {
     put4(at + 24u, d * bytes4(r.b.z));
     put4(at + 28u, d * bytes4(r.b.w));
 #endif
-}
-
-fn emit(c: coop_mat16x16<f32, C>, sid: u32, lane: u32, mc: u32, nc: u32) {
-    coopStoreT(c, &cs[sid * 256u], 16u);
-    workgroupBarrier();
-    for (var e = lane; e < 256u; e += 32u) {
-        let m = mc + e / 16u;
-        let n = nc + e % 16u;
-        if (m < p.m && n < p.n) {
-            finish(m, n, cs[sid * 256u + e]);
-        }
-    }
-    workgroupBarrier();
 }
 
 @compute @workgroup_size(128)

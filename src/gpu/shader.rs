@@ -41,6 +41,8 @@ pub const SOURCES: &[(&str, &str)] = &[
 pub const INCLUDES: &[(&str, &str)] = &[
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("qmatmul_params", include_str!("../../shaders/qmatmul_params.wgsl")),
+    ("coop_stage", include_str!("../../shaders/coop_stage.wgsl")),
+    ("attn_params", include_str!("../../shaders/attn_params.wgsl")),
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),
     ("qdecode", include_str!("../../shaders/qdecode.wgsl")),

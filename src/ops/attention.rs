@@ -222,16 +222,13 @@ fn tiled_hd_flags(d: usize) -> &'static [&'static str] {
     }
 }
 
-/// Causal attention of several new rows over a KV cache (prefill) on the tiled kernel: 32
-/// query rows per workgroup share each K/V tile, and a workgroup reads keys only up to its last
-/// row's position. `attention` has checked the views and dtypes.
-fn causal_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, seq: &Tensor) -> Result<()> {
-    let op = "attention";
-    let params = RelAttnParams {
+/// The tiled kernel's parameters for these views, over blocks of a (gh, gw) grid.
+fn rel_params(q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, (gh, gw): (u32, u32)) -> RelAttnParams {
+    RelAttnParams {
         heads: s.heads as u32,
         kv_heads: s.kv_heads as u32,
-        gh: u32_of(op, q.rows)?,
-        gw: 1,
+        gh,
+        gw,
         q_off: q.off as u32,
         q_stride: q.stride as u32,
         k_off4: (k.off / 4) as u32,
@@ -243,7 +240,15 @@ fn causal_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: A
         scale: s.scale,
         rows: q.rows as u32,
         ..Default::default()
-    };
+    }
+}
+
+/// Causal attention of several new rows over a KV cache (prefill) on the tiled kernel: 32
+/// query rows per workgroup share each K/V tile, and a workgroup reads keys only up to its last
+/// row's position. `attention` has checked the views and dtypes.
+fn causal_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, seq: &Tensor) -> Result<()> {
+    let op = "attention";
+    let params = rel_params(q, k, v, o, s, (u32_of(op, q.rows)?, 1));
     let mut flags = act_flags(op, q.t.dtype())?.to_vec();
     flags.extend(tiled_hd_flags(s.head_dim));
     flags.extend(["RELPOS", "NOBIAS", "CAUSAL"]);
@@ -305,23 +310,7 @@ fn rel_impl(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnS
             message: format!("needs {wg_bytes} bytes of workgroup memory, the adapter offers {}", rec.gpu.caps.max_workgroup_storage),
         });
     }
-    let params = RelAttnParams {
-        heads: s.heads as u32,
-        kv_heads: s.kv_heads as u32,
-        gh: gh as u32,
-        gw: gw as u32,
-        q_off: q.off as u32,
-        q_stride: q.stride as u32,
-        k_off4: (k.off / 4) as u32,
-        k_stride4: (k.stride / 4) as u32,
-        v_off4: (v.off / 4) as u32,
-        v_stride4: (v.stride / 4) as u32,
-        o_off: o.off as u32,
-        o_stride: o.stride as u32,
-        scale: s.scale,
-        rows: q.rows as u32,
-        ..Default::default()
-    };
+    let params = rel_params(q, k, v, o, s, (gh as u32, gw as u32));
     let mut flags = act_flags(op, dt)?.to_vec();
     flags.extend([hd_flag, "RELPOS"]);
     let wg = [u32_of(op, blk.div_ceil(REL_ROWS))?, s.heads as u32, u32_of(op, q.rows / blk)?];
