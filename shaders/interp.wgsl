@@ -1,9 +1,4 @@
-// Interpolation.
-//
-// BILINEAR: torch F.interpolate(mode='bilinear', align_corners=False) on [C, H, W]; flag F16
-// for f16 activations (arithmetic f32).
-//
-// Otherwise (resize_pass): one pass of a separable antialiased resize (PIL's bicubic of an 8-bit
+// Interpolation: resize_pass, one pass of a separable antialiased resize (PIL's bicubic of an 8-bit
 // RGB image, torch's antialiased bilinear of a float image), filtering along x (default) or y
 // (flag AXIS_V). The filter windows and coefficients are
 // computed on the CPU (as PIL does) and stored in `plan` (u32 words): for output index i,
@@ -18,23 +13,6 @@
 // planar at dst_off + c * dst_plane + oy * dst_row + ox. A thread filters one pixel of 3
 // channels (a group: channels 3g .. 3g + 2, fewer in the last group of a planar source).
 
-#ifdef F16
-alias T = f16;
-#else
-alias T = f32;
-#endif
-
-// Parameter structs stay outside the #ifdefs so the layout test sees them all.
-struct BilinearParams {
-    c: u32,
-    ih: u32,
-    iw: u32,
-    oh: u32,
-    ow: u32,
-    scale_h: f32,
-    scale_w: f32,
-    _pad0: u32,
-}
 
 struct ResizeParams {
     out_w: u32,
@@ -51,44 +29,6 @@ struct ResizeParams {
     chans: u32,
 }
 
-#ifdef BILINEAR
-@group(0) @binding(0) var<uniform> p: BilinearParams;
-@group(0) @binding(1) var<storage, read> x: array<T>;
-@group(0) @binding(2) var<storage, read_write> y: array<T>;
-
-// Source index, the step to the next one (0 at the edge) and the weight of that next one.
-fn src_pos(dst: u32, scale: f32, n: u32) -> vec3<f32> {
-    let s = max(scale * (f32(dst) + 0.5) - 0.5, 0.0);
-    let i0 = min(u32(s), n - 1u);
-    let step = select(0u, 1u, i0 < n - 1u);
-    return vec3<f32>(f32(i0), f32(step), s - f32(i0));
-}
-
-@compute @workgroup_size(256)
-fn bilinear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= p.c * p.oh * p.ow) {
-        return;
-    }
-    let ox = i % p.ow;
-    let oy = (i / p.ow) % p.oh;
-    let ch = i / (p.ow * p.oh);
-    let hy = src_pos(oy, p.scale_h, p.ih);
-    let wx = src_pos(ox, p.scale_w, p.iw);
-    let y0 = u32(hy.x);
-    let y1 = y0 + u32(hy.y);
-    let x0 = u32(wx.x);
-    let x1 = x0 + u32(wx.y);
-    let base = ch * p.ih * p.iw;
-    let l1 = hy.z;
-    let l0 = 1.0 - l1;
-    let m1 = wx.z;
-    let m0 = 1.0 - m1;
-    let top = m0 * f32(x[base + y0 * p.iw + x0]) + m1 * f32(x[base + y0 * p.iw + x1]);
-    let bot = m0 * f32(x[base + y1 * p.iw + x0]) + m1 * f32(x[base + y1 * p.iw + x1]);
-    y[i] = T(l0 * top + l1 * bot);
-}
-#else
 @group(0) @binding(0) var<uniform> p: ResizeParams;
 #ifdef SRC_U8
 @group(0) @binding(1) var<storage, read> src: array<u32>;
@@ -182,4 +122,3 @@ fn resize_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         dst[d + 2u * p.dst_plane] = r.z;
     }
 }
-#endif

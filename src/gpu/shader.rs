@@ -22,7 +22,6 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("matmul_coop_staged", include_str!("../../shaders/matmul_coop_staged.wgsl")),
     ("qmatmul_coop", include_str!("../../shaders/qmatmul_coop.wgsl")),
-    ("conv", include_str!("../../shaders/conv.wgsl")),
     ("interp", include_str!("../../shaders/interp.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),

@@ -1,9 +1,6 @@
-//! Interpolation: torch-style bilinear resize of feature maps (the SAM path's 64 -> 96) and
-//! PIL's antialiased bicubic resize of 8-bit RGB images (image preprocessing).
-//!
-//! `bilinear`: `F.interpolate(x, size, mode='bilinear', align_corners=False)` on [C, H, W]
-//! (f32 or f16): source coordinate (dst + 0.5) * in/out - 0.5, clamped below at 0; the second
-//! tap is clamped to the edge.
+//! Interpolation: PIL's antialiased bicubic resize of 8-bit RGB images (image preprocessing)
+//! and torch's antialiased bilinear resize of float images (the 7B's low-res copy), through the
+//! same separable passes. (SAM's 64 -> 96 bilinear resize is sampled inside `ops::im2col`.)
 //!
 //! `resize_bicubic`: `Image.resize((w, h), Image.BICUBIC)` on an RGB image. The input is the
 //! image's bytes (row-major, 3 per pixel) packed little-endian into u32 words (`RgbImage`);
@@ -21,15 +18,11 @@
 //! `resize_bicubic` (Float mode) with the triangle filter, whose windows and weights follow
 //! the same rule as PIL's.
 
-use super::{act_flags, same_dtype, shape_err, u32_of, WG};
-use crate::check::{self, compare, poisoned, CheckResult, Rng, Tol};
+use super::{shape_err, u32_of, WG};
+use crate::check::{compare, poisoned, CheckResult, Rng, Tol};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::params_struct;
-
-params_struct!(BilinearParams("BilinearParams") {
-    c: u32, ih: u32, iw: u32, oh: u32, ow: u32, scale_h: f32, scale_w: f32, _pad0: u32,
-});
 
 params_struct!(ResizeParams("ResizeParams") {
     out_w: u32, out_h: u32, y0: u32, ksize: u32,
@@ -37,13 +30,12 @@ params_struct!(ResizeParams("ResizeParams") {
     dst_off: u32, dst_row: u32, dst_plane: u32, chans: u32,
 });
 
-const BILINEAR: Kernel = Kernel { shader: "interp", entry: "bilinear", binds: &[Bind::Uniform, Bind::Read, Bind::ReadWrite] };
 const RESIZE_BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
 const RESIZE: Kernel = Kernel { shader: "interp", entry: "resize_pass", binds: RESIZE_BINDS };
 
 /// Every pipeline this file can ask for (validated by naga in the tests).
 pub fn variants() -> Vec<PipelineKey> {
-    let mut v = vec![PipelineKey::new(BILINEAR, &["BILINEAR"], &[]), PipelineKey::new(BILINEAR, &["BILINEAR", "F16"], &[])];
+    let mut v = Vec::new();
     for mode in [ResizeMode::Pil8, ResizeMode::Float] {
         for src_u8 in [false, true] {
             for axis_v in [false, true] {
@@ -60,34 +52,6 @@ fn chw(op: &'static str, t: &Tensor) -> Result<(usize, usize, usize)> {
         [c, h, w] | [1, c, h, w] if c * h * w > 0 => Ok((c, h, w)),
         ref s => Err(shape_err(op, format!("{s:?} is not a non-empty [C, H, W]"))),
     }
-}
-
-/// Bilinear resize of `x` [C, H, W] into `y` [C, Ho, Wo] (the size comes from `y`), as torch's
-/// `F.interpolate(mode='bilinear', align_corners=False)` with an explicit output size.
-pub fn bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
-    let op = "bilinear";
-    let (c, ih, iw) = chw(op, x)?;
-    let (yc, oh, ow) = chw(op, y)?;
-    if yc != c {
-        return Err(shape_err(op, format!("input {:?} and output {:?} differ in channels", x.shape(), y.shape())));
-    }
-    same_dtype(op, x.dtype(), &[y])?;
-    let mut flags = act_flags(op, x.dtype())?.to_vec();
-    flags.push("BILINEAR");
-    u32_of(op, x.len())?;
-    let n = u32_of(op, y.len())?;
-    // torch computes the scale in f32 from the sizes.
-    let params = BilinearParams {
-        c: c as u32,
-        ih: ih as u32,
-        iw: iw as u32,
-        oh: oh as u32,
-        ow: ow as u32,
-        scale_h: ih as f32 / oh as f32,
-        scale_w: iw as f32 / ow as f32,
-        _pad0: 0,
-    };
-    rec.dispatch(&PipelineKey::new(BILINEAR, &flags, &[]), &params, &[x, y], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
 /// An 8-bit RGB image on the GPU: `width * height * 3` bytes, row-major, packed little-endian
@@ -465,66 +429,6 @@ pub fn resize_aa_bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<
 
 // ---- checks ----
 
-/// The f16 part of a check summary.
-fn f16_summary(gpu: &Gpu, err: f64) -> String {
-    if gpu.caps.f16 { format!("{err:.2e}") } else { "not run (no SHADER_F16)".into() }
-}
-
-/// f64 bilinear reference, written from torch's definition (coordinates in f32 as torch has them).
-fn bilinear_ref(x: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f64> {
-    // (first index, second index, weight of the second) for each output index.
-    let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f64)> {
-        (0..n_out)
-            .map(|d| {
-                // torch computes the scale and the source coordinate in f32.
-                let scale = n_in as f32 / n_out as f32;
-                let s = (scale * (d as f32 + 0.5) - 0.5).max(0.0) as f64;
-                let i0 = (s.floor() as usize).min(n_in - 1);
-                (i0, (i0 + 1).min(n_in - 1), s - i0 as f64)
-            })
-            .collect()
-    };
-    let ty = taps(ih, oh);
-    let tx = taps(iw, ow);
-    let mut out = Vec::with_capacity(c * oh * ow);
-    for ch in 0..c {
-        for &(y0, y1, ly) in &ty {
-            for &(x0, x1, lx) in &tx {
-                let v = |yy: usize, xx: usize| x[(ch * ih + yy) * iw + xx] as f64;
-                let top = (1.0 - lx) * v(y0, x0) + lx * v(y0, x1);
-                let bot = (1.0 - lx) * v(y1, x0) + lx * v(y1, x1);
-                out.push((1.0 - ly) * top + ly * bot);
-            }
-        }
-    }
-    out
-}
-
-async fn check_bilinear(gpu: &Gpu) -> CheckResult {
-    let mut rng = Rng::new(21);
-    let mut worst = [0.0f64; 2];
-    // (channels, in h, in w, out h, out w): up, down, mixed, and 1-pixel edges.
-    for (c, ih, iw, oh, ow) in [(3, 64, 64, 96, 96), (5, 7, 7, 13, 13), (4, 33, 33, 8, 8), (2, 7, 33, 13, 8), (3, 1, 5, 4, 1), (1, 9, 9, 9, 9)] {
-        let x0 = rng.vec(c * ih * iw, -3.0, 3.0);
-        for act in check::act_dtypes(gpu) {
-            let x = check::round_to(act, &x0);
-            let want = bilinear_ref(&x, c, ih, iw, oh, ow);
-            let xt = Tensor::from_f32(gpu, &[c, ih, iw], act, &x)?;
-            let y = poisoned(gpu, &[1, c, oh, ow], act)?;
-            let mut rec = Recorder::new(gpu);
-            bilinear(&mut rec, &xt, &y)?;
-            rec.finish()?.run(gpu).await?;
-            let got = gpu.read_f32(&y).await?;
-            // f32: rounding of the blend only (drivers contract it into FMAs differently: 4.4e-6
-            // was seen on the H200); f16: one output rounding.
-            let (tol, slot) = if act == DType::F16 { (Tol { abs: 4e-3, rel: 1e-3 }, 1) } else { (Tol { abs: 1e-5, rel: 1e-6 }, 0) };
-            let err = compare(&format!("bilinear {c}x{ih}x{iw} -> {oh}x{ow} {act}"), &got, &want, tol)?;
-            worst[slot] = worst[slot].max(err);
-        }
-    }
-    Ok(format!("max abs err f32 {:.2e}, f16 {}", worst[0], f16_summary(gpu, worst[1])))
-}
-
 /// f64 twin of PIL's bicubic resize, written from the algorithm's description (direct window
 /// sums per output sample, no shared tables; both passes always run, an unchanged axis being an
 /// identity). With `round`, each pass rounds half up and clamps to 0..255 as PIL's 8-bit path
@@ -736,4 +640,4 @@ async fn check_resize_aa_bilinear(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e} (f32 only)"))
 }
 
-crate::checks!(check_bilinear, check_resize_bicubic, check_resize_aa_bilinear);
+crate::checks!(check_resize_bicubic, check_resize_aa_bilinear);

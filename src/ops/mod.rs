@@ -3,7 +3,6 @@
 
 pub mod attention;
 pub mod bandwidth;
-pub mod conv;
 pub mod convert;
 pub mod elementwise;
 pub mod embedding;
@@ -30,7 +29,6 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     norm::CHECKS,
     rope::CHECKS,
     attention::CHECKS,
-    conv::CHECKS,
     interp::CHECKS,
     embedding::CHECKS,
     sample::CHECKS,
@@ -131,7 +129,6 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(norm::variants());
     v.extend(rope::variants());
     v.extend(attention::variants());
-    v.extend(conv::variants());
     v.extend(interp::variants());
     v.extend(embedding::variants());
     v.extend(sample::variants());
@@ -164,9 +161,6 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<rope::RopeParams>("rope"),
         layout_of::<attention::AttnParams>("attention"),
         layout_of::<attention::RelAttnParams>("attention"),
-        layout_of::<conv::ConvParams>("conv"),
-        layout_of::<conv::Ln2dParams>("conv"),
-        layout_of::<interp::BilinearParams>("interp"),
         layout_of::<interp::ResizeParams>("interp"),
         layout_of::<embedding::EmbedParams>("embedding"),
         layout_of::<sample::SampleParams>("sample"),
