@@ -48,7 +48,12 @@ fn put(path: &Path, bytes: &[u8]) {
 
 /// The fixture's model.safetensors with its header edited (the data is kept as is).
 fn weights_with(edit: impl FnOnce(&mut Map<String, Value>)) -> Vec<u8> {
-    let bytes = read(&format!("{FX}/model.safetensors"));
+    weights_of(FX, edit)
+}
+
+/// `fx`'s model.safetensors with its header edited.
+fn weights_of(fx: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> Vec<u8> {
+    let bytes = read(&format!("{fx}/model.safetensors"));
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let Value::Object(mut h) = serde_json::from_slice(&bytes[8..8 + n]).unwrap() else { panic!("header") };
     edit(&mut h);
@@ -93,6 +98,8 @@ fn png_declaring(w: u32, h: u32) -> Vec<u8> {
 struct Builder {
     dir: PathBuf,
     cases: Vec<Case>,
+    /// The fixture model the edited copies start from.
+    fx: &'static str,
 }
 
 impl Builder {
@@ -101,8 +108,8 @@ impl Builder {
         let d = self.dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
         for f in FILES {
-            if std::fs::hard_link(repo(&format!("{FX}/{f}")), d.join(f)).is_err() {
-                std::fs::copy(repo(&format!("{FX}/{f}")), d.join(f)).unwrap();
+            if std::fs::hard_link(repo(&format!("{}/{f}", self.fx)), d.join(f)).is_err() {
+                std::fs::copy(repo(&format!("{}/{f}", self.fx)), d.join(f)).unwrap();
             }
         }
         edit(&d);
@@ -136,7 +143,7 @@ impl Builder {
 
     /// A model whose JSON `file` is edited by `edit`.
     fn bad_json(&mut self, name: &str, file: &str, edit: impl FnOnce(&mut Value), needles: Vec<&'static str>) {
-        let mut v = json_of(&format!("{FX}/{file}"));
+        let mut v = json_of(&format!("{}/{file}", self.fx));
         edit(&mut v);
         self.bad_file(name, file, serde_json::to_vec(&v).unwrap(), needles);
     }
@@ -149,13 +156,14 @@ impl Builder {
 /// Every case, with its files written under `dir`.
 pub fn build(dir: &Path) -> Vec<Case> {
     std::fs::create_dir_all(dir).unwrap();
-    let mut b = Builder { dir: dir.to_path_buf(), cases: Vec::new() };
+    let mut b = Builder { dir: dir.to_path_buf(), cases: Vec::new(), fx: FX };
     checkpoints(&mut b);
     configs(&mut b);
     tokenizers(&mut b);
     images(&mut b);
     prompts(&mut b);
     gpu(&mut b);
+    hybrid(&mut b);
     b.cases
 }
 
@@ -377,4 +385,35 @@ fn gpu(b: &mut Builder) {
     let mut a = args.to_vec();
     a.extend(["--image", big.as_str()]);
     b.add("image beyond a 64 KiB binding limit", &a, &[("DSVL_MAX_BINDING", "65536")], Expect::Error(vec!["big-600x600.png", "allows 65536"]));
+}
+
+/// The 7B hybrid tower's own ways to be wrong, on tests/fixtures/dsvl/tiny-hybrid-orig.
+fn hi(v: &mut Value) -> &mut Value {
+    &mut v["vision_config"]["params"]["high_res_cfg"]
+}
+
+fn hybrid(b: &mut Builder) {
+    const HY: &str = "tests/fixtures/dsvl/tiny-hybrid-orig";
+    b.fx = HY;
+    let c = "config.json";
+    type Edit = fn(&mut Value);
+    let edits: [(&str, Edit, &'static str); 7] = [
+        ("hybrid: unknown SAM tower", |v| hi(v)["model_name"] = json!("sam_vit_h"), "vision_config.params.high_res_cfg.model_name"),
+        ("hybrid: global block past the tower", |v| hi(v)["global_attn_indexes"] = json!([1, 7]), "global_attn_indexes"),
+        ("hybrid: no global block", |v| hi(v)["global_attn_indexes"] = json!([]), "global_attn_indexes"),
+        ("hybrid: window of zero", |v| hi(v)["window_size"] = json!(0), "window_size"),
+        ("hybrid: aligner against SAM's channels", |v| hi(v)["downsample_channels"] = json!([64, 96]), "aligner_config.params.input_dim"),
+        ("hybrid: plain aligner", |v| v["aligner_config"]["params"]["projector_type"] = json!("mlp_gelu"), "projector_type"),
+        ("hybrid: concat by sequence", |v| v["vision_config"]["params"]["concat_type"] = json!("sequence"), "concat_type"),
+    ];
+    for (name, edit, key) in edits {
+        b.bad_json(name, c, edit, vec!["config.json", key]);
+    }
+    b.bad_json("hybrid: processor size against SAM", "preprocessor_config.json", |v| v["image_size"] = json!(64), vec!["preprocessor_config.json", "image_size"]);
+    let rel = "vision_model.vision_tower_high.vision_tower.blocks.0.attn.rel_pos_h";
+    let alpha = "vision_model.vision_tower_high.vision_tower.hd_alpha_downsamples";
+    // Same bytes, another shape: the table's shape follows from the window.
+    b.bad_file("hybrid: rel_pos table shape", ST, weights_of(HY, |h| h[rel]["shape"] = json!([10, 16])), vec![rel, "expected [5, 32]"]);
+    b.bad_file("hybrid: alpha missing", ST, weights_of(HY, |h| drop(h.remove(alpha))), vec![alpha, "missing"]);
+    b.fx = FX;
 }
