@@ -4,9 +4,7 @@
 // subgroupAdd; each subgroup runs an online softmax over every 4th key of the split in
 // registers, 4 keys per step for independent loads, and the 4 subgroups are merged at the end
 // into the (acc, max, sum) partials `attn_combine` reads. No barrier inside the key loop.
-// Flag DIRECT: one split of every key, 16 subgroups per workgroup, and the merged row written
-// to the output itself, so no `attn_combine` dispatch follows (caches of a few thousand keys).
-// Flags: F16, SUBGROUPS (always: the host picks this kernel only for 32-wide subgroups), DIRECT.
+// Flags: F16, SUBGROUPS (always: the host picks this kernel only for 32-wide subgroups).
 
 #ifdef F16
 alias T = f16;
@@ -16,11 +14,7 @@ alias T = f32;
 
 const D: u32 = 128u;
 const D4: u32 = 32u;
-#ifdef DIRECT
-const NW: u32 = 16u;
-#else
 const NW: u32 = 4u;
-#endif
 const NEG: f32 = -3.4028234e38;
 
 #include attn_params
@@ -30,15 +24,11 @@ const NEG: f32 = -3.4028234e38;
 @group(0) @binding(2) var<storage, read> q: array<T>;
 @group(0) @binding(3) var<storage, read> k: array<vec4<T>>;
 @group(0) @binding(4) var<storage, read> v: array<vec4<T>>;
-#ifdef DIRECT
-@group(0) @binding(5) var<storage, read_write> o: array<T>;
-#else
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
-#endif
 
 var<workgroup> w_max: array<f32, NW>;
 var<workgroup> w_sum: array<f32, NW>;
-var<workgroup> w_acc: array<vec4<f32>, NW * 32u>;
+var<workgroup> w_acc: array<vec4<f32>, 128>;
 
 // Score of `key` (already scaled through q), or NEG past the split's end.
 fn score(q4: vec4<f32>, kvh: u32, key: u32, kend: u32, lane: u32) -> f32 {
@@ -57,11 +47,7 @@ fn value(kvh: u32, key: u32, kend: u32, lane: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
-#ifdef DIRECT
-@compute @workgroup_size(512)
-#else
 @compute @workgroup_size(128)
-#endif
 fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let i = wid.x;
     let h = wid.y;
@@ -119,14 +105,6 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             a += c * w_acc[j * 32u + lane];
             total += c * w_sum[j];
         }
-#ifdef DIRECT
-        let r = a / total;
-        let ob = p.o_off + i * p.o_stride + h * D + 4u * lane;
-        o[ob] = T(r.x);
-        o[ob + 1u] = T(r.y);
-        o[ob + 2u] = T(r.z);
-        o[ob + 3u] = T(r.w);
-#else
         let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 2u);
         part[pb + 4u * lane] = a.x;
         part[pb + 4u * lane + 1u] = a.y;
@@ -136,6 +114,5 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             part[pb + D] = mx;
             part[pb + D + 1u] = total;
         }
-#endif
     }
 }

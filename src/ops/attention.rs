@@ -36,8 +36,6 @@ const REL_ROWS: usize = 32;
 const TILE: usize = 64;
 /// Workgroups worth filling a large GPU with: fewer (row, head) pairs than this get their keys split.
 const TARGET_WORKGROUPS: usize = 512;
-/// Cache sizes up to which decode on 32-wide subgroups takes every key in one workgroup.
-const DIRECT_KEYS: usize = 2048;
 
 pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
@@ -52,11 +50,8 @@ pub fn variants() -> Vec<PipelineKey> {
             comb.push("COMBINE");
             v.push(PipelineKey::new(COMBINE, &comb, &[]));
             if hd == "HD128" {
-                for direct in [false, true] {
-                    let mut f: Vec<&str> = if f16 { vec!["F16", "SUBGROUPS"] } else { vec!["SUBGROUPS"] };
-                    f.extend(direct.then_some("DIRECT"));
-                    v.push(PipelineKey::new(DECODE, &f, &[]));
-                }
+                let f: &[&str] = if f16 { &["F16", "SUBGROUPS"] } else { &["SUBGROUPS"] };
+                v.push(PipelineKey::new(DECODE, f, &[]));
             }
             if hd != "HD128" {
                 let mut rel = base.clone();
@@ -141,11 +136,7 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if s.causal && q.rows > 1 && tiled_fits(rec.gpu, s.head_dim) {
         return causal_tiled(rec, q, k, v, o, s, seq);
     }
-    let caps = &rec.gpu.caps;
-    let sg32 = s.head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32;
-    // Decode over a cache of up to DIRECT_KEYS keys: one workgroup of 16 subgroups per (row,
-    // head) takes every key and writes the row, no combine step.
-    let (splits, split_len) = if sg32 && q.rows <= 8 && k.rows <= DIRECT_KEYS { (1, k.rows) } else { split_plan(q.rows, s.heads, k.rows) };
+    let (splits, split_len) = split_plan(q.rows, s.heads, k.rows);
     let params = AttnParams {
         m: q.rows as u32,
         heads: s.heads as u32,
@@ -167,16 +158,12 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     let mut flags = act_flags(op, dt)?.to_vec();
     flags.push(hd_flag);
     let wg = [q.rows as u32, s.heads as u32, splits as u32];
-    if splits == 1 && sg32 && q.rows <= 8 {
-        let mut f = act_flags(op, dt)?.to_vec();
-        f.extend(["SUBGROUPS", "DIRECT"]);
-        return rec.dispatch(&PipelineKey::new(DECODE, &f, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
-    }
     if splits == 1 {
         return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
     }
     let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
-    if sg32 {
+    let caps = &rec.gpu.caps;
+    if s.head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         let mut f = act_flags(op, dt)?.to_vec();
         f.push("SUBGROUPS");
         rec.dispatch(&PipelineKey::new(DECODE, &f, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
@@ -398,7 +385,7 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
     let mut worst = 0.0f64;
     for dt in check::act_dtypes(gpu) {
         // (new rows m, past, heads, kv_heads, d)
-        // The last: a decode row over a cache too long for one workgroup (split, then combined).
+        // The last: a decode row over a cache of more than 2048 keys (many splits, then combined).
         for (m, past, heads, kvh, d) in [(1, 0, 1, 1, 128), (9, 0, 2, 2, 128), (70, 5, 4, 2, 64), (5, 130, 2, 1, 128), (12, 3, 1, 1, 32), (1, 2100, 2, 1, 128)] {
             let cap = past + m + 11;
             let (qw, kw) = (heads * d, kvh * d);
