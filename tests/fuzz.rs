@@ -177,30 +177,35 @@ const CFG_KEYS: &[&str] = &[
     "image_mean", "image_std", "max_position_embeddings", "intermediate_size", "num_hidden_layers", "hidden_act",
     "rms_norm_eps", "layer_norm_eps", "cls", "select_feature", "input_dim", "n_embed", "text_config", "vision_config",
     "language_config", "aligner_config", "params",
+    // The 7B hybrid tower's.
+    "high_res_cfg", "low_res_cfg", "concat_type", "window_size", "global_attn_indexes", "out_chans", "downsample_channels",
+    "pixel_mean", "pixel_std", "do_normalize", "high_res_vision_config", "output_channels", "mlp_dim", "high_res_size",
+    "high_res_image_mean", "high_res_image_std",
 ];
 
-const CFG_FILES: [&str; 6] = [
-    "tests/fixtures/dsvl/tiny-orig/config.json",
-    "tests/fixtures/dsvl/tiny-hf/config.json",
-    "tests/fixtures/dsvl/tiny-orig/preprocessor_config.json",
-    "tests/fixtures/dsvl/tiny-orig/processor_config.json",
-    "tests/fixtures/dsvl/tiny-hf/preprocessor_config.json",
-    "tests/fixtures/dsvl/tiny-hf/processor_config.json",
+/// The fixture folders whose configs are fuzzed: the 1.3B-style and the 7B hybrid, each layout.
+const CFG_DIRS: [&str; 4] = [
+    "tests/fixtures/dsvl/tiny-orig",
+    "tests/fixtures/dsvl/tiny-hf",
+    "tests/fixtures/dsvl/tiny-hybrid-orig",
+    "tests/fixtures/dsvl/tiny-hybrid-hf",
 ];
 
-/// First byte: which file the rest replaces (as in `CFG_FILES`, modulo 6); the others are the
+/// Which fixture folder and which of its three files (config, preprocessor, processor) a role
+/// (0..12) replaces; roles 0..6 keep their meaning from before the hybrid folders, for the
+/// committed regressions.
+fn cfg_role(role: usize) -> (&'static str, usize) {
+    const ROLES: [(usize, usize); 12] = [(0, 0), (1, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 0), (3, 0), (2, 1), (2, 2), (3, 1), (3, 2)];
+    let (dir, slot) = ROLES[role % 12];
+    (CFG_DIRS[dir], slot)
+}
+
+/// First byte: which folder and file the rest replaces (`cfg_role`); the others are the
 /// fixture's own.
 fn target_config(input: &[u8]) {
     let Some((&role, bytes)) = input.split_first() else { return };
-    let role = role as usize % 6;
-    let hf = role == 1 || role >= 4;
-    let dir = if hf { "tests/fixtures/dsvl/tiny-hf" } else { "tests/fixtures/dsvl/tiny-orig" };
+    let (dir, slot) = cfg_role(role as usize);
     let mut files = [fixture(&format!("{dir}/config.json")), fixture(&format!("{dir}/preprocessor_config.json")), fixture(&format!("{dir}/processor_config.json"))];
-    let slot = match role {
-        0 | 1 => 0,
-        2 | 4 => 1,
-        _ => 2,
-    };
     files[slot] = bytes.to_vec();
     let name = ["config.json", "preprocessor_config.json", "processor_config.json"][slot];
     let c = match ModelConfig::from_dir_files(&files[0], Some(&files[1]), Some(&files[2])) {
@@ -217,13 +222,22 @@ fn target_config(input: &[u8]) {
     assert!(l.rms_eps.is_finite() && l.rms_eps > 0.0 && l.rope_theta.is_finite() && l.rope_theta > 0.0, "{l:?}");
     assert!(a.input_dim == v.width && a.n_embed == l.hidden && a.depth >= 1, "{a:?}");
     assert!(c.image_token_id.is_none_or(|t| (t as usize) < l.vocab));
+    if let Some(s) = &c.sam {
+        assert!(s.layers >= 1 && s.heads >= 1 && s.width % s.heads == 0 && s.mlp_dim >= 1 && s.window >= 1 && s.neck >= 1, "{s:?}");
+        assert!(s.patch_size >= 1 && s.patch_size <= s.image_size && c.image_size() == s.image_size, "{s:?}");
+        assert!(!s.global.is_empty() && s.global.iter().all(|&g| g < s.layers), "{s:?}");
+        assert!((1..=4).contains(&s.downsample.len()) && !s.downsample.contains(&0), "{s:?}");
+        assert!(a.hybrid && a.n_embed % 2 == 0, "{a:?}");
+    }
 }
 
 proptest! {
     #![proptest_config(config(2000))]
     #[test]
-    fn fuzz_config(role in 0u8..6, je in prop::collection::vec(json_edit(CFG_KEYS), 1..6), be in prop::collection::vec(edit(), 0..2)) {
-        let mut v: Value = serde_json::from_slice(&fixture(CFG_FILES[role as usize])).unwrap();
+    fn fuzz_config(role in 0u8..12, je in prop::collection::vec(json_edit(CFG_KEYS), 1..6), be in prop::collection::vec(edit(), 0..2)) {
+        let (dir, slot) = cfg_role(role as usize);
+        let file = ["config.json", "preprocessor_config.json", "processor_config.json"][slot];
+        let mut v: Value = serde_json::from_slice(&fixture(&format!("{dir}/{file}"))).unwrap();
         apply_json(&mut v, &je, CFG_KEYS);
         let mut body = serde_json::to_vec(&v).unwrap();
         apply(&mut body, &be);

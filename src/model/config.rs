@@ -124,6 +124,8 @@ const MAX_LAYERS: usize = 4096;
 const MAX_VOCAB: usize = 1 << 24;
 const MAX_POSITIONS: usize = 1 << 24;
 const MAX_IMAGE: usize = 1 << 14;
+/// Stride-2 convs after SAM's neck (the 7B has 2).
+const MAX_DOWNSAMPLES: usize = 4;
 
 /// One row of the original code's SigLIP table: width, depth, heads, mlp_ratio, patch.
 fn vision_table(model_name: &str) -> Option<(usize, usize, usize, f64, usize)> {
@@ -448,6 +450,10 @@ fn sam_checked(o: &Obj, mut s: SamConfig, ratio: f64) -> Result<SamConfig> {
     }
     if s.downsample.contains(&0) || s.neck == 0 {
         return Err(o.err("downsample_channels", "a conv with no channels"));
+    }
+    // Each stride-2 conv halves the map: the resize before them targets 2^n times SigLIP's grid.
+    if s.downsample.is_empty() || s.downsample.len() > MAX_DOWNSAMPLES {
+        return Err(o.err("downsample_channels", format!("{} convs (1 to {MAX_DOWNSAMPLES} supported)", s.downsample.len())));
     }
     let mlp = (s.width as f64 * ratio).floor();
     if !(1.0..=(MAX_DIM * 8) as f64).contains(&mlp) {

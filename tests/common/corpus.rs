@@ -397,7 +397,7 @@ fn hybrid(b: &mut Builder) {
     b.fx = HY;
     let c = "config.json";
     type Edit = fn(&mut Value);
-    let edits: [(&str, Edit, &'static str); 7] = [
+    let edits: [(&str, Edit, &'static str); 8] = [
         ("hybrid: unknown SAM tower", |v| hi(v)["model_name"] = json!("sam_vit_h"), "vision_config.params.high_res_cfg.model_name"),
         ("hybrid: global block past the tower", |v| hi(v)["global_attn_indexes"] = json!([1, 7]), "global_attn_indexes"),
         ("hybrid: no global block", |v| hi(v)["global_attn_indexes"] = json!([]), "global_attn_indexes"),
@@ -405,6 +405,7 @@ fn hybrid(b: &mut Builder) {
         ("hybrid: aligner against SAM's channels", |v| hi(v)["downsample_channels"] = json!([64, 96]), "aligner_config.params.input_dim"),
         ("hybrid: plain aligner", |v| v["aligner_config"]["params"]["projector_type"] = json!("mlp_gelu"), "projector_type"),
         ("hybrid: concat by sequence", |v| v["vision_config"]["params"]["concat_type"] = json!("sequence"), "concat_type"),
+        ("hybrid: 64 downsample convs", |v| hi(v)["downsample_channels"] = json!(vec![128; 64]), "downsample_channels"),
     ];
     for (name, edit, key) in edits {
         b.bad_json(name, c, edit, vec!["config.json", key]);
