@@ -82,7 +82,7 @@ fn bad_shapes_are_errors_not_panics() {
     let mut rec = Recorder::new(gpu);
     assert!(matches!(unary(&mut rec, Unary::Silu, &Rows::all(&a), &Rows::all(&y)), Err(Error::Shape { .. })));
     let u = Tensor::from_u32(gpu, &[15], &[0; 15]).unwrap();
-    assert!(matches!(unary(&mut rec, Unary::Silu, &Rows::all(&u), &Rows::all(&u.clone())), Err(_)));
+    assert!(unary(&mut rec, Unary::Silu, &Rows::all(&u), &Rows::all(&u.clone())).is_err());
     assert!(a.reshape(&[4, 4]).is_err());
     assert!(a.view(10, &[6]).is_err());
     assert_eq!(rec.len(), 0, "failed ops must not leave dispatches behind");

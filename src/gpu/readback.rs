@@ -89,7 +89,7 @@ impl Gpu {
     /// for the mapping, without waiting: the caller can queue more work before `finish_read`.
     /// `staging` must be unmapped and hold `bytes` (a multiple of 4).
     pub async fn submit_then_read(&self, list: Option<&StepList>, src: &Tensor, staging: &wgpu::Buffer, bytes: u64) -> Result<InFlightRead> {
-        if bytes % 4 != 0 || staging.size() < bytes || src.byte_len() < bytes {
+        if !bytes.is_multiple_of(4) || staging.size() < bytes || src.byte_len() < bytes {
             return Err(Error::Readback(format!("a {bytes}-byte read through a {}-byte staging buffer", staging.size())));
         }
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("steps+readback") });

@@ -72,11 +72,11 @@ impl Model {
             let x = Tensor::empty(gpu, &[c1 - c0, cfg.hidden], self.act)?;
             // Image rows outside this pass get a position past it, which the splice skips.
             let mut splice = None;
-            if let Some((rows, positions)) = image {
-                if positions.iter().any(|&p| (c0..c1).contains(&(p as usize))) {
-                    let local: Vec<u32> = positions.iter().map(|&p| if (c0..c1).contains(&(p as usize)) { p - c0 as u32 } else { u32::MAX }).collect();
-                    splice = Some((rows, Tensor::from_u32(gpu, &[local.len()], &local)?));
-                }
+            if let Some((rows, positions)) = image
+                && positions.iter().any(|&p| (c0..c1).contains(&(p as usize)))
+            {
+                let local: Vec<u32> = positions.iter().map(|&p| if (c0..c1).contains(&(p as usize)) { p - c0 as u32 } else { u32::MAX }).collect();
+                splice = Some((rows, Tensor::from_u32(gpu, &[local.len()], &local)?));
             }
             embed(rec, &idt, &self.weights.llm.embed, splice.as_ref().map(|(r, p)| (*r, p)), &x)?;
             let seq = Tensor::from_u32(gpu, &[2], &[(keep + c0) as u32, (keep + c1) as u32])?;

@@ -108,7 +108,7 @@ pub async fn stack_rows(gpu: &Gpu, mats: Vec<RowSplit>) -> Result<RowSplit> {
         return Ok(mats.into_iter().next().expect("one matrix"));
     }
     let row_bytes = (cols * dtype.size()) as u64;
-    if row_bytes % 4 != 0 {
+    if !row_bytes.is_multiple_of(4) {
         return Err(shape_err(op, format!("rows of {row_bytes} bytes cannot be copied on the GPU (4-byte multiples)")));
     }
     // Every source part as (first row in the stack, tensor, rows).

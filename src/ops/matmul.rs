@@ -266,6 +266,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
 // ---- checks ----
 
 /// Reference y (and per-element magnitude sum |x w|) in f64.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, act: Act, prev: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
     let mut y = vec![0.0; m * n];
     let mut mag = vec![0.0; m * n];

@@ -90,7 +90,7 @@ impl<'a> Rows<'a> {
     /// The whole tensor as [prod(leading dims), last dim].
     pub fn all(t: &'a Tensor) -> Rows<'a> {
         let cols = t.shape().last().copied().unwrap_or(1);
-        let rows = if cols == 0 { 0 } else { t.len() / cols };
+        let rows = t.len().checked_div(cols).unwrap_or(0);
         Rows { t, off: 0, stride: cols, rows, cols }
     }
 

@@ -20,8 +20,9 @@ const PREPROCESSOR: &[u8] = fixture!("preprocessor_config.json");
 const PROCESSOR: &[u8] = fixture!("processor_config.json");
 const WEIGHTS: &[u8] = fixture!("model.safetensors");
 const CASES: &[u8] = fixture!("cases.json");
-/// (case, pixel values if it has images, reference next-token logits)
-const ARRAYS: &[(&str, Option<&[u8]>, &[u8])] = &[
+/// A case: its name, pixel values if it has images, reference next-token logits.
+type CaseArrays = (&'static str, Option<&'static [u8]>, &'static [u8]);
+const ARRAYS: &[CaseArrays] = &[
     ("one_image", Some(fixture!("one_image.pixel_values.npy")), fixture!("one_image.logits_last.npy")),
     ("two_images", Some(fixture!("two_images.pixel_values.npy")), fixture!("two_images.logits_last.npy")),
     ("text_only", None, fixture!("text_only.logits_last.npy")),
