@@ -2,27 +2,22 @@
 # DeepSeek-VL-7B (hybrid SAM-B + SigLIP tower) at its real shapes, random weights, on the lent
 # H200, in one device call:
 #   1. make the checkpoint (bench/real_shapes.py make --hybrid7b: original sharded layout, bf16),
-#   2. `dsvl-gpu bench --quant q4` under a 128 MiB binding limit (the browser's), then without it,
+#   2. `dsvl-gpu bench --quant q4` under a 128 MiB binding limit (the browser's), then with
+#      --profile without it,
+#   (the kernel checks are h200.sh's: run it first),
 #   3. the PyTorch reference (bf16, SDPA) on the same weights and prompt,
 #   4. with PARITY=1: HF's f32 logits against `dsvl-gpu run --dump-logits` in f32 and f16.
 # Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
 # Device call: carry [".gl", ".bin"], command: bash bench/h200-7b.sh
 # Everything goes to $OUT/h200-7b.log; the numbers go into docs/PERFORMANCE.md.
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-export PYTHONUNBUFFERED=1
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-exec > >(tee "$out/h200-7b.log") 2>&1
+source bench/h200-env.sh h200-7b.log
 D=/tmp/dsvl-7b
 QUANTS=${QUANTS:-"q4"}
 TORCH=${TORCH:-1}
 PARITY=${PARITY:-0}
 W=/tmp/dsvl-7b-work
 mkdir -p "$W"
-step() { echo "=== $* ($(date +%T))"; }
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv

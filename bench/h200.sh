@@ -5,29 +5,20 @@
 #      --dump-logits` with --quant f32 and f16 (relative L2, cosine, top-1),
 #   3. `dsvl-gpu quant-report` (QREPORT=0 skips it), then `dsvl-gpu bench` for each quant in
 #      $QUANTS (default "f16 q8 q4 mixed"), with --profile for the first,
-#   4. the PyTorch reference (bf16, SDPA) on the same weights and the same prompt,
-#   5. with HYBRID7B=1: a random DeepSeek-VL-7B (hybrid tower, sharded, bf16), HF's f32 reference logits with
-#      the check of HF's image features against the original tower, and the PyTorch bf16 bench on it.
+#   4. the PyTorch reference (bf16, SDPA) on the same weights and the same prompt.
+# The 7B hybrid: bench/h200-7b.sh.
 # Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
 # Device call: carry [".gl", ".bin"], command: bash bench/h200.sh
 # .gl holds the Vulkan loader debs (the device tool's README says how to fetch them).
 # Everything goes to $OUT/h200.log; paste the numbers into docs/PERFORMANCE.md.
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-export PYTHONUNBUFFERED=1
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-exec > >(tee "$out/h200.log") 2>&1
+source bench/h200-env.sh h200.log
 D=/tmp/dsvl-1.3b
 W=/tmp/dsvl-work
 mkdir -p "$W"
 QUANTS=${QUANTS:-"f16 q8 q4 mixed"}
 PARITY=${PARITY:-1}  # 0: skip step 2
 TORCH=${TORCH:-1}    # 0: skip step 4
-HYBRID7B=${HYBRID7B:-0}  # 1: run step 5
-step() { echo "=== $* ($(date +%T))"; }
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
@@ -74,16 +65,5 @@ done
 if [ "$TORCH" = 1 ]; then
     step "PyTorch reference (bf16, SDPA)"
     python3 bench/real_shapes.py torch-bench "$D"
-fi
-if [ "$HYBRID7B" = 1 ]; then
-    D7=/tmp/dsvl-7b
-    step "make 7B hybrid checkpoint"
-    # The index is written last, so a partial checkpoint is made again.
-    [ -f "$D7/model.safetensors.index.json" ] || python3 bench/real_shapes.py make --hybrid7b "$D7" || exit 1
-    du -sh "$D7"
-    step "7B hybrid: HF reference (f32, eager) and original-tower check"
-    python3 bench/real_shapes.py reference "$D7" "$W/ref7b.npy"
-    step "7B hybrid: PyTorch reference (bf16, SDPA)"
-    python3 bench/real_shapes.py torch-bench --hybrid7b "$D7"
 fi
 step done

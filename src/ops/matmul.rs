@@ -89,15 +89,14 @@ fn coop_tuning() -> (u32, u32) {
 /// Whether the cooperative-matrix GEMM takes this product: tensor cores present, f16 x and W,
 /// whole 16-deep k steps, at least one 16x16 tile, and 16-byte aligned x rows. `DSVL_NO_COOP`
 /// (at device creation) turns it off.
-fn coop_fits(gpu: &Gpu, x: &Rows, w: &RowSplit, m: usize, k: usize) -> bool {
-    gpu.caps.coop16
-        && x.t.dtype() == DType::F16
-        && w.dtype == DType::F16
-        && m >= 16
-        && k.is_multiple_of(16)
-        && x.off.is_multiple_of(8)
-        && x.stride.is_multiple_of(8)
-        && w.parts.iter().all(|(_, t)| t.shape()[0] >= 16)
+fn coop_fits(gpu: &Gpu, x: &Rows, w: &RowSplit) -> bool {
+    coop_x_fits(gpu, x) && w.dtype == DType::F16 && w.parts.iter().all(|(_, t)| t.shape()[0] >= 16)
+}
+
+/// The tensor-core GEMMs' conditions on x (the dense and the quantised one): tensor cores
+/// present, f16, at least 16 rows, whole 16-deep k steps, 16-byte aligned rows.
+pub(crate) fn coop_x_fits(gpu: &Gpu, x: &Rows) -> bool {
+    gpu.caps.coop16 && x.t.dtype() == DType::F16 && x.rows >= 16 && x.cols.is_multiple_of(16) && x.off.is_multiple_of(8) && x.stride.is_multiple_of(8)
 }
 
 /// GEMV columns per 32-lane group (1, 2 or 4) for `n` output columns, and k-chunks per step
@@ -208,7 +207,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         flags.push("SUBGROUPS");
     }
     let tuning = gemv_tuning(w.rows);
-    let coop = !gemv && coop_fits(rec.gpu, x, w, m, k);
+    let coop = !gemv && coop_fits(rec.gpu, x, w);
     let staged = coop && coop_staged(rec.gpu);
     if norm.is_some() {
         if !flags.contains(&"VEC") {

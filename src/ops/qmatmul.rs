@@ -59,13 +59,7 @@ pub fn variants() -> Vec<PipelineKey> {
 /// 16-deep k steps, 16-byte aligned rows), where the f16 GEMM would get tensor cores. It stages
 /// the dequantised weights as f16, one more rounding than the other kernels.
 fn takes_coop(gpu: &Gpu, x: &Rows) -> bool {
-    x.rows > GEMV_MAX_ROWS
-        && gpu.caps.coop16
-        && super::matmul::coop_staged(gpu)
-        && x.t.dtype() == DType::F16
-        && x.cols.is_multiple_of(16)
-        && x.off.is_multiple_of(8)
-        && x.stride.is_multiple_of(8)
+    x.rows > GEMV_MAX_ROWS && super::matmul::coop_staged(gpu) && super::matmul::coop_x_fits(gpu, x)
 }
 
 /// `matmul::linear` with a quantised weight, after its shape, dtype and bias checks.
