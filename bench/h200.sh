@@ -4,7 +4,8 @@
 #   2. parity: HF transformers' DeepseekVLForConditionalGeneration in f32 against `dsvl-gpu run
 #      --dump-logits` with --quant f32 and f16 (relative L2, cosine, top-1),
 #   3. `dsvl-gpu quant-report` (QREPORT=0 skips it), then `dsvl-gpu bench` for each quant in
-#      $QUANTS (default "f16 q8 q4 mixed"), with --profile for the first,
+#      $QUANTS (default "f16 q8 q4 mixed"), with --profile for the first (PROFILE=all: each),
+#      after any `bench-ops --only F` for F in $OPS,
 #   4. the PyTorch reference (bf16, SDPA) on the same weights and the same prompt.
 # The 7B hybrid: bench/h200-7b.sh.
 # Built here:  cargo build --release && mkdir -p .bin && cp target/release/dsvl-gpu .bin/
@@ -17,6 +18,8 @@ D=/tmp/dsvl-1.3b
 W=/tmp/dsvl-work
 mkdir -p "$W"
 QUANTS=${QUANTS:-"f16 q8 q4 mixed"}
+OPS=${OPS:-}          # bench-ops filters to run after the kernel checks, e.g. "GEMM dispatch"
+PROFILE=${PROFILE:-first}  # all: --profile for every quant
 PARITY=${PARITY:-1}  # 0: skip step 2
 TORCH=${TORCH:-1}    # 0: skip step 4
 
@@ -31,6 +34,11 @@ if ! ./.bin/dsvl-gpu selftest-kernels 2>&1 | tail -8; then
     ./.bin/dsvl-gpu selftest-kernels 2>&1 | tail -4 || exit 1
 fi
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+
+for f in $OPS; do
+    step "bench-ops --only $f"
+    ./.bin/dsvl-gpu bench-ops --only "$f"
+done
 
 step make checkpoint
 [ -f "$D/model.safetensors" ] || python3 bench/real_shapes.py make "$D" || exit 1
@@ -54,7 +62,7 @@ fi
 first=1
 for q in $QUANTS; do
     step "dsvl-gpu bench --quant $q"
-    if [ $first = 1 ]; then
+    if [ $first = 1 ] || [ "$PROFILE" = all ]; then
         ./.bin/dsvl-gpu bench --model "$D" --quant $q --profile
         first=0
     else

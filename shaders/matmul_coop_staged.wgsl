@@ -33,6 +33,11 @@ fn load_b(n0: u32, k0: u32, c: u32) -> vec4<u32> {
 
 fn put_b(stage: u32, c: u32, v: vec4<u32>) {
     let at = stage * (BN * S) + (c / 4u) * S + 8u * (c % 4u);
+#ifdef SMEM4
+    // (naga's bitcast does not take vec2<u32> to vec4<f16>; the f32 round trip is exact.)
+    Bs[at / 4u] = vec4<f16>(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)));
+    Bs[at / 4u + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
+#else
     // f16 pairs through f32 (exact: every f16 is an f32).
     let h0 = vec2<f16>(unpack2x16float(v.x));
     let h1 = vec2<f16>(unpack2x16float(v.y));
@@ -40,6 +45,7 @@ fn put_b(stage: u32, c: u32, v: vec4<u32>) {
     let h3 = vec2<f16>(unpack2x16float(v.w));
     Bs[at] = h0.x; Bs[at + 1u] = h0.y; Bs[at + 2u] = h1.x; Bs[at + 3u] = h1.y;
     Bs[at + 4u] = h2.x; Bs[at + 5u] = h2.y; Bs[at + 6u] = h3.x; Bs[at + 7u] = h3.y;
+#endif
 }
 
 @compute @workgroup_size(128)
@@ -86,12 +92,12 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let ab = cur * (BM * S) + mr * S;
         let bb = cur * (BN * S) + nr * S;
         for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + kk], S);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + 16u * S + kk], S);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + kk], S);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 16u * S + kk], S);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 32u * S + kk], S);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 48u * S + kk], S);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + kk) / SE], S / SE);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
             c00 = coopMultiplyAdd(a0, b0, c00);
             c01 = coopMultiplyAdd(a0, b1, c01);
             c02 = coopMultiplyAdd(a0, b2, c02);

@@ -59,7 +59,11 @@ fn load_b(n0: u32, k0: u32, t: u32) -> RowCodes {
 }
 
 fn put4(at: u32, v: vec4<f32>) {
+#ifdef SMEM4
+    Bs[at / 4u] = vec4<f16>(v);
+#else
     Bs[at] = f16(v.x); Bs[at + 1u] = f16(v.y); Bs[at + 2u] = f16(v.z); Bs[at + 3u] = f16(v.w);
+#endif
 }
 
 fn put_b(stage: u32, t: u32, r: RowCodes) {
@@ -121,12 +125,12 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         let ab = cur * (BM * S) + mr * S;
         let bb = cur * (BN * S) + nr * S;
         for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + kk], S);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ab + 16u * S + kk], S);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + kk], S);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 16u * S + kk], S);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 32u * S + kk], S);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[bb + 48u * S + kk], S);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + kk) / SE], S / SE);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
             c00 = coopMultiplyAdd(a0, b0, c00);
             c01 = coopMultiplyAdd(a0, b1, c01);
             c02 = coopMultiplyAdd(a0, b2, c02);

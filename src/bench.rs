@@ -244,6 +244,21 @@ async fn bench_quantise(gpu: &Gpu, quick: bool, reps: usize, trials: usize) -> R
     Ok(out)
 }
 
+/// Per-dispatch cost: `n` dependent adds of 2048 elements (each reads the previous one's output),
+/// the floor a decode step of that many dispatches pays whatever its kernels do.
+async fn bench_dispatch(gpu: &Gpu, n: usize, reps: usize, trials: usize) -> Result<BenchRow> {
+    use crate::ops::elementwise::{binary, Binary};
+    let a = Tensor::from_f32(gpu, &[2048], DType::F32, &vec![1.0; 2048])?;
+    let b = Tensor::empty(gpu, &[2048], DType::F32)?;
+    let mut rec = Recorder::new(gpu);
+    for i in 0..n {
+        let (x, y) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        binary(&mut rec, Binary::Add, &Rows::all(x), &Rows::all(x), &Rows::all(y))?;
+    }
+    let (ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+    Ok(BenchRow { name: format!("dispatch: {n} dependent 2048-element adds, {:.2} us each", ms * 1e3 / n as f64), ms, gflops: 0.0, gbs: 0.0, spread })
+}
+
 /// Runs the standard set. `quick` shrinks repetitions (for slow software adapters).
 pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<Vec<BenchRow>> {
     let want = |name: &str| filter.is_none_or(|f| name.contains(f));
@@ -261,6 +276,12 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         rows.push(bench_linear(gpu, 576, 1024, 4096, DType::F32, DType::F32, reps, trials).await?);
         if !quick {
             rows.push(bench_linear(gpu, 4096, 4096, 4096, DType::F32, DType::F32, reps.min(10), trials).await?);
+        }
+        // Every product of the vision tower (576 rows) and the prefill (616 rows), f16.
+        if !quick && gpu.caps.f16 {
+            for (m, k, n) in [(576, 1024, 3072), (576, 1024, 1024), (576, 4096, 1024), (616, 2048, 6144), (616, 2048, 2048), (616, 2048, 11264), (616, 5632, 2048)] {
+                rows.push(bench_linear(gpu, m, k, n, DType::F16, DType::F16, reps, trials).await?);
+            }
         }
     }
     if want("GEMV") {
@@ -283,6 +304,9 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         if want("QGEMV") {
             rows.push(bench_qlinear(gpu, 1, 2048, 102400, DType::F32, QFormat::q8(128), reps, trials).await?);
         }
+    }
+    if want("dispatch") {
+        rows.push(bench_dispatch(gpu, 200, reps, trials).await?);
     }
     if want("quantise") {
         rows.extend(bench_quantise(gpu, quick, reps, trials).await?);

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, RespondTimings, Session};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, ReplayTiming, Tensor};
 use crate::model::vlm::Model;
 use crate::ops::sample::Sampling;
 
@@ -118,6 +118,8 @@ pub struct StageProfile {
     pub total_ms: f64,
     /// (kernel, dispatches, ms)
     pub kernels: Vec<(String, usize, f64)>,
+    /// The stage without timestamps: GPU ms per run with runs queued back to back, host encode ms.
+    pub replay: ReplayTiming,
 }
 
 /// Timestamps around every dispatch of the vision, prefill and decode lists of the bench prompt.
@@ -126,7 +128,7 @@ pub async fn profile_model(gpu: &Gpu, model: &Model, bos: u32, image_token: u32,
     let sampling = Sampling { temperature: 0.7, top_k: 0, top_p: 0.9, repetition_penalty: 1.0, seed: 1, top_p_within_top_k: false };
     let opts = GenerateOptions { sampling, max_new_tokens: 2, eos: None };
     let mut session = Session::new(model, gpu, ids.len() + 2)?;
-    let rows = session.profile(gpu, &ids, image_token, std::slice::from_ref(pixels), &opts).await?;
+    let (rows, replay) = session.profile(gpu, &ids, image_token, std::slice::from_ref(pixels), &opts).await?;
     let mut out: Vec<StageProfile> = Vec::new();
     for stage in ["vision", "prefill", "decode"] {
         let mut by: Vec<(String, usize, f64)> = Vec::new();
@@ -145,7 +147,8 @@ pub async fn profile_model(gpu: &Gpu, model: &Model, bos: u32, image_token: u32,
             continue;
         }
         by.sort_by(|a, b| b.2.total_cmp(&a.2));
-        out.push(StageProfile { stage, dispatches: n, total_ms: by.iter().map(|e| e.2).sum(), kernels: by });
+        let replay = replay.iter().find(|r| r.0 == stage).map(|r| r.1).unwrap_or_default();
+        out.push(StageProfile { stage, dispatches: n, total_ms: by.iter().map(|e| e.2).sum(), kernels: by, replay });
     }
     Ok(out)
 }

@@ -6,7 +6,7 @@
 
 use crate::clock::now_s;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Recorder, StepList, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, ReplayTiming, StepList, Tensor};
 use crate::model::llama::{record_decoder, KvCache, LogitRows};
 use crate::model::vlm::Model;
 use crate::ops::convert::{convert, Source};
@@ -161,21 +161,27 @@ impl<'m> Session<'m> {
     /// GPU time of every dispatch of the lists `respond` would run for this prompt (vision,
     /// prefill, one decode step), as (stage, kernel, ns). Runs each list once; the cache then
     /// holds only what it held before this prompt's new part.
-    pub async fn profile(&mut self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<Vec<(&'static str, String, f64)>> {
+    /// Also each list's `ReplayTiming` (GPU time per run without timestamps, host encode time).
+    pub async fn profile(&mut self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<(Vec<(&'static str, String, f64)>, Vec<(&'static str, ReplayTiming)>)> {
         let opts = GenerateOptions { max_new_tokens: opts.max_new_tokens.max(2), ..opts.clone() };
         let Some(plan) = self.plan(gpu, ids, image_token, images, &opts)? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         self.cached.truncate(plan.keep);
         let mut out = Vec::new();
+        let mut replay = Vec::new();
         if let Some(v) = &plan.vision {
             out.extend(v.profile(gpu).await?.into_iter().map(|(k, ns)| ("vision", k, ns)));
+            replay.push(("vision", v.replay_timing(gpu, 5).await?));
         }
         out.extend(plan.prefill.profile(gpu).await?.into_iter().map(|(k, ns)| ("prefill", k, ns)));
+        replay.push(("prefill", plan.prefill.replay_timing(gpu, 5).await?));
         let pos = ids.len() as u32;
         plan.seq.write_u32(gpu, &[pos, pos + 1])?;
         out.extend(plan.decode.profile(gpu).await?.into_iter().map(|(k, ns)| ("decode", k, ns)));
-        Ok(out)
+        // Replays feed each sampled token to the next run at the same position: the same work.
+        replay.push(("decode", plan.decode.replay_timing(gpu, 100).await?));
+        Ok((out, replay))
     }
 
     /// Checks the prompt and records the lists that answer it; None when nothing is to be

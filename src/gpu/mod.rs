@@ -14,6 +14,7 @@ pub use context::{AdapterSummary, Caps, Gpu, GpuOptions};
 pub use pipeline::{Bind, Kernel, PipelineKey};
 pub use plan::{grid, Recorder, StepList};
 pub use pool::PoolStats;
+pub use profile::ReplayTiming;
 pub use readback::InFlightRead;
 pub use tensor::{DType, RowSplit, Tensor};
 

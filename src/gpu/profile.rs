@@ -48,3 +48,33 @@ impl StepList {
         Ok(out)
     }
 }
+
+/// A list's cost without timestamps: the GPU time per run when `reps` runs are queued in one
+/// submission (so the host never stalls the GPU), and the host time to encode one run.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ReplayTiming {
+    pub gpu_ms: f64,
+    pub encode_ms: f64,
+}
+
+impl StepList {
+    /// Measures `ReplayTiming` (after one warm-up run). Replaying must be harmless: the lists
+    /// `Session::profile` hands here rewrite the same cache rows each time.
+    pub async fn replay_timing(&self, gpu: &Gpu, reps: usize) -> Result<ReplayTiming> {
+        let reps = reps.max(1);
+        self.run(gpu).await?;
+        gpu.idle().await?;
+        let t = crate::clock::now_s();
+        self.run_repeated(gpu, reps).await?;
+        gpu.idle().await?;
+        let gpu_ms = (crate::clock::now_s() - t) * 1e3 / reps as f64;
+        let t = crate::clock::now_s();
+        for _ in 0..reps {
+            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("encode timing") });
+            self.encode(&mut enc);
+            drop(enc.finish());
+        }
+        let encode_ms = (crate::clock::now_s() - t) * 1e3 / reps as f64;
+        Ok(ReplayTiming { gpu_ms, encode_ms })
+    }
+}

@@ -55,8 +55,28 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::Shader { shader: name.into(), message: "no such shader file".into() })
 }
 
+/// Pastes every `#include` (one level: includes hold no includes), so the directives inside
+/// an include see the same flags as the shader's own.
+fn paste_includes(name: &str, src: &str) -> Result<String> {
+    let mut out = String::with_capacity(src.len() + 4096);
+    for (i, line) in src.lines().enumerate() {
+        if let Some(rest) = line.trim_start().strip_prefix("#include ") {
+            let inc = INCLUDES
+                .iter()
+                .find(|(n, _)| *n == rest.trim())
+                .ok_or_else(|| Error::Shader { shader: name.into(), message: format!("line {}: unknown #include", i + 1) })?;
+            out.push_str(inc.1);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Expands the preprocessor lines of `src` for the given flags.
 pub fn preprocess(name: &str, src: &str, flags: &[&str]) -> Result<String> {
+    let src = &paste_includes(name, src)?;
     let mut out = String::with_capacity(src.len() + 64);
     if flags.contains(&"F16") {
         out.push_str("enable f16;\n");
@@ -78,11 +98,6 @@ pub fn preprocess(name: &str, src: &str, flags: &[&str]) -> Result<String> {
             top.0 = !top.0;
         } else if t.starts_with("#endif") {
             stack.pop().ok_or_else(|| err("#endif without #ifdef"))?;
-        } else if let Some(rest) = t.strip_prefix("#include ") {
-            let inc = INCLUDES.iter().find(|(n, _)| *n == rest.trim()).ok_or_else(|| err("unknown #include"))?;
-            if active(&stack) {
-                out.push_str(inc.1);
-            }
         } else if t.starts_with('#') {
             return Err(err("unknown directive"));
         } else if active(&stack) {

@@ -69,6 +69,7 @@ pub fn variants() -> Vec<PipelineKey> {
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
     v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[]));
+    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16", "SMEM4"], &[]));
     v
 }
 
@@ -76,6 +77,12 @@ pub fn variants() -> Vec<PipelineKey> {
 /// gives the workgroup memory, unless `DSVL_COOP_STAGED=0` (the direct-load kernel, for comparison).
 pub(crate) fn coop_staged(gpu: &Gpu) -> bool {
     gpu.caps.max_workgroup_storage >= STAGED_WG_BYTES && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
+}
+
+/// The staged tensor-core GEMMs' flags: F16, and SMEM4 (tiles stored as vec4<f16> slots)
+/// unless `DSVL_COOP_SMEM4=0` (scalar f16 stores, for comparison).
+pub(crate) fn staged_flags() -> &'static [&'static str] {
+    if std::env::var("DSVL_COOP_SMEM4").is_ok_and(|v| v == "0") { &["F16"] } else { &["F16", "SMEM4"] }
 }
 
 /// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop
@@ -220,7 +227,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if coop && staged {
-        PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[])
+        PipelineKey::new(GEMM_COOP_STAGED, staged_flags(), &[])
     } else if coop {
         PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
     } else {

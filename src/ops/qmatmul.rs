@@ -45,6 +45,8 @@ pub fn variants() -> Vec<PipelineKey> {
             v.push(PipelineKey::new(QGATHER, &base, &[]));
             if !act.is_empty() {
                 v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
+                let f: Vec<&'static str> = base.iter().copied().chain(["SMEM4"]).collect();
+                v.push(PipelineKey::new(QGEMM_COOP, &f, &[]));
             }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
@@ -81,7 +83,10 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     let key = if gemv {
         PipelineKey::new(QGEMV, &flags, &[("CPG", cpg)])
     } else if coop {
-        let f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
+        let mut f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
+        if super::matmul::staged_flags().contains(&"SMEM4") {
+            f.push("SMEM4");
+        }
         PipelineKey::new(QGEMM_COOP, &f, &[])
     } else {
         PipelineKey::new(QGEMM, &flags, &[])

@@ -97,6 +97,7 @@ pub fn bench(gpu: &Gpu, a: BenchArgs) -> Result<()> {
         println!("medians of {} runs after a warm-up", r.runs);
         for st in profile.iter().flatten() {
             println!("\nGPU time, {}: {:.3} ms in {} dispatches", st.stage, st.total_ms, st.dispatches);
+            println!("  without timestamps: {:.3} ms per run queued back to back; host encode {:.3} ms", st.replay.gpu_ms, st.replay.encode_ms);
             for (k, n, ms) in st.kernels.iter().take(12) {
                 println!("  {ms:>8.3} ms {n:>5}x  {k}");
             }
