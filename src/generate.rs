@@ -101,15 +101,15 @@ impl<'m> Session<'m> {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         let t0 = now_s();
-        let Some(plan) = self.plan(gpu, ids, image_token, images, opts)? else {
+        // Vision first, in its own submission (queued while the prefill and decode lists are
+        // recorded), so its time is known; then the prefill of what the cache lacks and the
+        // first sample.
+        let Some(plan) = self.plan(gpu, ids, image_token, images, opts, true).await? else {
             return Ok(Vec::new());
         };
         let m = ids.len();
-        // Vision first, in its own submission, so its time is known; then the prefill of what
-        // the cache lacks and the first sample.
         let mut timings = RespondTimings::default();
-        if let Some(vision) = &plan.vision {
-            vision.run(gpu).await?;
+        if plan.vision.is_some() {
             gpu.idle().await?;
             timings.vision_s = now_s() - t0;
         }
@@ -164,7 +164,7 @@ impl<'m> Session<'m> {
     /// Also each list's `ReplayTiming` (GPU time per run without timestamps, host encode time).
     pub async fn profile(&mut self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<(Vec<(&'static str, String, f64)>, Vec<(&'static str, ReplayTiming)>)> {
         let opts = GenerateOptions { max_new_tokens: opts.max_new_tokens.max(2), ..opts.clone() };
-        let Some(plan) = self.plan(gpu, ids, image_token, images, &opts)? else {
+        let Some(plan) = self.plan(gpu, ids, image_token, images, &opts, false).await? else {
             return Ok((Vec::new(), Vec::new()));
         };
         self.cached.truncate(plan.keep);
@@ -185,8 +185,9 @@ impl<'m> Session<'m> {
     }
 
     /// Checks the prompt and records the lists that answer it; None when nothing is to be
-    /// generated. Leaves the session's state as it is.
-    fn plan(&self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions) -> Result<Option<Plan>> {
+    /// generated. Leaves the session's state as it is. `run_vision`: submit the vision list as
+    /// soon as it is recorded, so the GPU runs it while the rest is recorded.
+    async fn plan(&self, gpu: &Gpu, ids: &[u32], image_token: u32, images: &[Tensor], opts: &GenerateOptions, run_vision: bool) -> Result<Option<Plan>> {
         let model: &Model = &self.model;
         let cfg = &model.cfg.llm;
         let n_img = model.cfg.num_image_tokens;
@@ -248,7 +249,11 @@ impl<'m> Session<'m> {
         } else {
             let mut rec = Recorder::new(gpu);
             let rows = model.record_images(&mut rec, new_images)?;
-            (Some(rec.finish()?), rows)
+            let list = rec.finish()?;
+            if run_vision {
+                list.run(gpu).await?;
+            }
+            (Some(list), rows)
         };
         let mut rec = Recorder::new(gpu);
         model.record_prefill(&mut rec, &self.cache, new_ids, keep, image_rows.as_ref().map(|r| (r, &new_positions[..])), LogitRows::Last, &head_out)?;

@@ -19,6 +19,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
+    ("attention_coop", include_str!("../../shaders/attention_coop.wgsl")),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("matmul_coop_staged", include_str!("../../shaders/matmul_coop_staged.wgsl")),
     ("qmatmul_coop", include_str!("../../shaders/qmatmul_coop.wgsl")),

@@ -133,6 +133,9 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if q.rows == 0 {
         return Ok(());
     }
+    if s.causal && super::attention_coop::fits(rec.gpu, q, k, v, s) {
+        return super::attention_coop::record(rec, q, k, v, o, s, seq);
+    }
     if s.causal && q.rows > 1 && tiled_fits(rec.gpu, s.head_dim) {
         return causal_tiled(rec, q, k, v, o, s, seq);
     }
@@ -204,6 +207,7 @@ pub fn attention_rel_pos(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &R
 /// Bidirectional attention of all q's rows over as many keys (one block, no bias), on
 /// `attention_rel_pos`'s tiled kernel: 32 query rows per workgroup share each K/V tile, which
 /// the one-row-per-workgroup `attention` cannot. Head dims 32 and 64.
+/// On tensor cores where `attention_coop` takes the views (every key is valid: seq = [0, rows]).
 pub fn attention_tiled(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape) -> Result<()> {
     rel_impl(rec, q, k, v, o, s, (q.rows, 1), None)
 }
@@ -315,6 +319,10 @@ fn rel_impl(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnS
     flags.extend([hd_flag, "RELPOS"]);
     let wg = [u32_of(op, blk.div_ceil(REL_ROWS))?, s.heads as u32, u32_of(op, q.rows / blk)?];
     let Some((rh, rw)) = rel else {
+        if gh == q.rows && super::attention_coop::fits(rec.gpu, q, k, v, s) {
+            let seq = Tensor::from_u32(rec.gpu, &[2], &[0, u32_of(op, q.rows)?])?;
+            return super::attention_coop::record(rec, q, k, v, o, s, &seq);
+        }
         // No bias: the kernel never reads its table, so a one-value stand-in is bound.
         flags.push("NOBIAS");
         let none = Tensor::empty(rec.gpu, &[1], DType::F32)?;

@@ -2,6 +2,7 @@
 //! its checks against a CPU f64 reference (see `crate::check`).
 
 pub mod attention;
+pub mod attention_coop;
 pub mod bandwidth;
 pub mod convert;
 pub mod elementwise;
@@ -29,6 +30,7 @@ pub const CHECK_SETS: &[&[(&str, crate::check::CheckFn)]] = &[
     norm::CHECKS,
     rope::CHECKS,
     attention::CHECKS,
+    attention_coop::CHECKS,
     interp::CHECKS,
     embedding::CHECKS,
     sample::CHECKS,
@@ -129,6 +131,7 @@ pub fn all_variants() -> Vec<crate::gpu::PipelineKey> {
     v.extend(norm::variants());
     v.extend(rope::variants());
     v.extend(attention::variants());
+    v.extend(attention_coop::variants());
     v.extend(interp::variants());
     v.extend(embedding::variants());
     v.extend(sample::variants());
@@ -161,6 +164,7 @@ pub fn param_layouts() -> Vec<ParamLayout> {
         layout_of::<rope::RopeParams>("rope"),
         layout_of::<attention::AttnParams>("attention"),
         layout_of::<attention::RelAttnParams>("attention"),
+        layout_of::<attention_coop::AttnCoopParams>("attention_coop"),
         layout_of::<interp::ResizeParams>("interp"),
         layout_of::<embedding::EmbedParams>("embedding"),
         layout_of::<sample::SampleParams>("sample"),
