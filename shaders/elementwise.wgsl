@@ -29,10 +29,6 @@ struct EltParams {
 
 #include gelu
 
-fn silu_f(x: f32) -> f32 {
-    return x / (1.0 + exp(-x));
-}
-
 // Linear element index for this invocation, or false past the end.
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
     let i = (wid.x + wid.y * nwg.x) * 256u + lid;

@@ -1,4 +1,5 @@
-// GELU pieces shared by elementwise.wgsl and the matmul epilogue (inserted by `#include gelu`).
+// Activations shared by elementwise.wgsl and the matmul kernels (inserted by `#include gelu`):
+// GELU for the epilogue, SiLU for SwiGLU (GLU GEMVs and the SiluMul kernel compute it alike).
 
 // erf with |error| < 1.2e-7 relative to erfc (Chebyshev fit, Numerical Recipes' erfcc form):
 // accurate enough that GELU matches torch's exact-erf GELU to 1e-6.
@@ -19,4 +20,8 @@ fn gelu_tanh_f(x: f32) -> f32 {
     // Clamped: some tanh implementations overflow to NaN for large arguments.
     let u = clamp(0.79788456080286536 * (x + 0.044715 * x * x * x), -15.0, 15.0);
     return 0.5 * x * (1.0 + tanh(u));
+}
+
+fn silu_f(x: f32) -> f32 {
+    return x / (1.0 + exp(-x));
 }

@@ -2,7 +2,8 @@
 // weight layout. `gemm`: 128x128 tiles for many rows; `gemv`: one workgroup per 8 output
 // columns for a few rows (decode). Flags: F16 (f16 activations, needs SHADER_F16), W_F16 (f16
 // weights read as packed u32 pairs: works on every adapter), VEC (gemv with 16-byte loads; the
-// host picks it when K and the offsets are multiples of 8). Accumulation is always f32.
+// host picks it when K and the offsets are multiples of 8), NORM and GLU (gemv fusions, below).
+// Accumulation is always f32.
 
 #ifdef F16
 alias T = f16;
@@ -132,16 +133,27 @@ fn store4(m: u32, n: u32, v: vec4<f32>) {
 }
 #endif
 
-// ---- GEMV: row m = workgroup z; 8 groups of 32 lanes, CPG output columns per group ----
+// ---- GEMV: row m = workgroup z; 8 groups of 32 lanes, CPG weight rows per group ----
 // Lanes stride over K (16-byte loads with VEC), UNROLL (1, 2, 4) chunks per step, keeping CPG sums;
 // the 32 lanes of a group are combined with subgroupAdd (flag SUBGROUPS: only when the
 // adapter's subgroups are exactly 32 wide) or through workgroup memory with one barrier.
+// GLU (SwiGLU fused, CPG 2 or 4): W is gate's rows over up's (p.n each); a group's rows come
+// in pairs j, p.n + j and it writes silu(gate_j) * up_j to column j of y ([M, p.n]).
 override CPG: u32 = 4u;
 override UNROLL: u32 = 1u;
 var<workgroup> partial: array<vec4<f32>, 256>;
 #ifdef NORM
 var<workgroup> partial_sq: array<f32, 256>;
 #endif
+
+// Output columns per group.
+fn group_cols() -> u32 {
+#ifdef GLU
+    return CPG / 2u;
+#else
+    return CPG;
+#endif
+}
 
 #ifdef VEC
 // x[k..k+8] · W[n, k..k+8] with 16-byte loads.
@@ -182,7 +194,7 @@ fn square8(xrow: u32, k: u32) {
 }
 #endif
 
-// Sums of columns n.x..n.w (those below CPG) over this lane's chunk at k.
+// Sums of weight rows n.x..n.w (those below CPG) over this lane's chunk at k.
 fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
 #ifdef NORM
     square8(xrow, k);
@@ -193,16 +205,32 @@ fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
     return s;
 }
 
+// The group's output c (< group_cols()) from its row sums t and the norm's factor.
+fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
+#ifdef GLU
+    return silu_f(t[2u * c] * scale) * (t[2u * c + 1u] * scale);
+#else
+    return t[c] * scale;
+#endif
+}
+
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m = wid.z;
     let g = lid / 32u;
     let lane = lid % 32u;
-    let block = (wid.x + wid.y * nwg.x) * 8u * CPG;
-    let base = block + g * CPG;
+    let cols = group_cols();
+    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
+    let base = block + g * cols;
     // Past-the-end columns recompute the last one (uniform control flow) and store nothing.
     let nl = p.n - 1u;
+#ifdef GLU
+    let j0 = min(base, nl);
+    let j1 = min(base + 1u, nl);
+    let n = vec4<u32>(j0, p.n + j0, j1, p.n + j1);
+#else
     let n = vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
+#endif
     let xrow = p.x_off + m * p.x_stride;
     let step = 32u * CHUNK;
     var s = vec4<f32>(0.0);
@@ -219,16 +247,17 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         s += chunk4(xrow, n, k);
     }
 #ifdef SUBGROUPS
+    let total = subgroupAdd(s);
 #ifdef NORM
     // Each 32-lane group covered the whole row, so its sum of squares is the row's.
-    let total = subgroupAdd(s) * inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
+    let scale = inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
 #else
-    let total = subgroupAdd(s);
+    let scale = 1.0;
 #endif
     if (lane == 0u) {
-        for (var c = 0u; c < CPG; c++) {
+        for (var c = 0u; c < cols; c++) {
             if (base + c < p.n) {
-                finish(m, base + c, total[c]);
+                finish(m, base + c, gemv_out(total, c, scale));
             }
         }
     }
@@ -238,22 +267,23 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     partial_sq[lid] = sumsq;
 #endif
     workgroupBarrier();
-    if (lid < 8u * CPG) {
-        let gg = lid / CPG;
-        let c = lid % CPG;
-        var total = 0.0;
+    if (lid < 8u * cols) {
+        let gg = lid / cols;
+        var total = vec4<f32>(0.0);
         for (var l = 0u; l < 32u; l++) {
-            total += partial[gg * 32u + l][c];
+            total += partial[gg * 32u + l];
         }
 #ifdef NORM
         var sq = 0.0;
         for (var l = 0u; l < 32u; l++) {
             sq += partial_sq[gg * 32u + l];
         }
-        total *= inverseSqrt(sq / f32(p.k) + p.eps);
+        let scale = inverseSqrt(sq / f32(p.k) + p.eps);
+#else
+        let scale = 1.0;
 #endif
         if (block + lid < p.n) {
-            finish(m, block + lid, total);
+            finish(m, block + lid, gemv_out(total, lid % cols, scale));
         }
     }
 #endif

@@ -4,7 +4,9 @@
 // into workgroup memory. Flags: Q4 (int4 codes, else int8), ZERO (int4 with offsets: d * q + m;
 // without: d * (q - 8)), F16 (f16 activations, needs SHADER_F16), VEC (gemv reads x as vec4:
 // K a multiple of 32 and x offsets of 4), SUBGROUPS (gemv reduces with subgroupAdd; 32-wide
-// subgroups only). Accumulation is f32; codes and scales are read as u32 on every adapter.
+// subgroups only), NORM and GLU (qgemv fusions as in matmul.wgsl's gemv: rmsnorm(x) * g as the
+// input; SwiGLU over gate's rows stacked over up's). Accumulation is f32; codes and scales are
+// read as u32 on every adapter.
 
 #ifdef F16
 alias T = f16;
@@ -24,6 +26,10 @@ alias T = f32;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<T>;
+#ifdef NORM
+// The norm weight (K a multiple of 4, so a vec4 never straddles K).
+@group(0) @binding(6) var<storage, read> g4: array<vec4<f32>>;
+#endif
 
 #include gelu
 #include epilogue
@@ -46,12 +52,46 @@ fn scale_of(n: u32, g: u32) -> vec2<f32> {
 }
 
 
-// ---- qgemv: row m = workgroup z; 8 groups of 32 lanes, CPG (1, 2, 4) output rows per group ----
+// ---- qgemv: row m = workgroup z; 8 groups of 32 lanes, CPG (1, 2, 4) weight rows per group ----
 // Lane l takes 32-column chunks l, l + 32, ...: one 16-byte load of int4 codes (two of int8)
 // per row, the chunk of x loaded once for the CPG rows. A chunk lies in one group (groups are
-// multiples of 32), so it needs one scale.
+// multiples of 32), so it needs one scale. NORM: each 32-lane group covers the whole x row, so
+// it also sums its squares. GLU (CPG 2 or 4): rows in pairs j, p.n + j, giving column j of y.
 override CPG: u32 = 4u;
 var<workgroup> partial: array<vec4<f32>, 256>;
+#ifdef NORM
+var<workgroup> partial_sq: array<f32, 256>;
+var<private> sumsq: f32 = 0.0;
+
+fn g_vec(k: u32) -> vec4<f32> {
+#ifdef VEC
+    return g4[k >> 2u];
+#else
+    if (k < p.k) {
+        return g4[k >> 2u];
+    }
+    return vec4<f32>(0.0);
+#endif
+}
+#endif
+
+// Output columns per group.
+fn group_cols() -> u32 {
+#ifdef GLU
+    return CPG / 2u;
+#else
+    return CPG;
+#endif
+}
+
+// The group's output c (< group_cols()) from its row sums t and the norm's factor.
+fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
+#ifdef GLU
+    return silu_f(t[2u * c] * scale) * (t[2u * c + 1u] * scale);
+#else
+    return t[c] * scale;
+#endif
+}
 
 struct X32 {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
@@ -81,6 +121,12 @@ fn load_x(xrow: u32, k: u32) -> X32 {
 #else
     r.a0 = x_vec(xrow, k); r.a1 = x_vec(xrow, k + 4u); r.a2 = x_vec(xrow, k + 8u); r.a3 = x_vec(xrow, k + 12u);
     r.a4 = x_vec(xrow, k + 16u); r.a5 = x_vec(xrow, k + 20u); r.a6 = x_vec(xrow, k + 24u); r.a7 = x_vec(xrow, k + 28u);
+#endif
+#ifdef NORM
+    sumsq += dot(r.a0, r.a0) + dot(r.a1, r.a1) + dot(r.a2, r.a2) + dot(r.a3, r.a3) +
+        dot(r.a4, r.a4) + dot(r.a5, r.a5) + dot(r.a6, r.a6) + dot(r.a7, r.a7);
+    r.a0 *= g_vec(k); r.a1 *= g_vec(k + 4u); r.a2 *= g_vec(k + 8u); r.a3 *= g_vec(k + 12u);
+    r.a4 *= g_vec(k + 16u); r.a5 *= g_vec(k + 20u); r.a6 *= g_vec(k + 24u); r.a7 *= g_vec(k + 28u);
 #endif
 #ifdef ZERO
     // For the offsets' term: m * sum(x) over the chunk.
@@ -115,11 +161,18 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let m = wid.z;
     let g = lid / 32u;
     let lane = lid % 32u;
-    let block = (wid.x + wid.y * nwg.x) * 8u * CPG;
-    let base = block + g * CPG;
-    // Past-the-end rows recompute the last one (uniform control flow) and store nothing.
+    let cols = group_cols();
+    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
+    let base = block + g * cols;
+    // Past-the-end columns recompute the last one (uniform control flow) and store nothing.
     let nl = p.n - 1u;
+#ifdef GLU
+    let j0 = min(base, nl);
+    let j1 = min(base + 1u, nl);
+    let n = vec4<u32>(j0, p.n + j0, j1, p.n + j1);
+#else
     let n = vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
+#endif
     let xrow = p.x_off + m * p.x_stride;
     let chunks = (p.k + 31u) / 32u;
     var s = vec4<f32>(0.0);
@@ -132,25 +185,41 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 #ifdef SUBGROUPS
     let total = subgroupAdd(s);
+#ifdef NORM
+    let scale = inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
+#else
+    let scale = 1.0;
+#endif
     if (lane == 0u) {
-        for (var c = 0u; c < CPG; c++) {
+        for (var c = 0u; c < cols; c++) {
             if (base + c < p.n) {
-                finish(m, base + c, total[c]);
+                finish(m, base + c, gemv_out(total, c, scale));
             }
         }
     }
 #else
     partial[lid] = s;
+#ifdef NORM
+    partial_sq[lid] = sumsq;
+#endif
     workgroupBarrier();
-    if (lid < 8u * CPG) {
-        let gg = lid / CPG;
-        let c = lid % CPG;
-        var total = 0.0;
+    if (lid < 8u * cols) {
+        let gg = lid / cols;
+        var total = vec4<f32>(0.0);
         for (var l = 0u; l < 32u; l++) {
-            total += partial[gg * 32u + l][c];
+            total += partial[gg * 32u + l];
         }
+#ifdef NORM
+        var sq = 0.0;
+        for (var l = 0u; l < 32u; l++) {
+            sq += partial_sq[gg * 32u + l];
+        }
+        let scale = inverseSqrt(sq / f32(p.k) + p.eps);
+#else
+        let scale = 1.0;
+#endif
         if (block + lid < p.n) {
-            finish(m, block + lid, total);
+            finish(m, block + lid, gemv_out(total, lid % cols, scale));
         }
     }
 #endif

@@ -20,6 +20,7 @@ struct QMatmulParams {
     row_words: u32,
     // groups per row
     row_groups: u32,
-    _pad0: u32,
+    // RMS norm epsilon (qgemv with NORM)
+    eps: f32,
     _pad1: u32,
 }

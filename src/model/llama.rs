@@ -8,8 +8,7 @@ use super::weights::LlmWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::ops::attention::{attention, AttnShape};
-use crate::ops::elementwise::{binary, Binary};
-use crate::ops::matmul::{rms_linear, Act, Epilogue};
+use crate::ops::matmul::{rms_linear, rms_linear_glu, Act, Epilogue};
 use crate::ops::rope::{inv_freq, rope_kv};
 use crate::ops::Rows;
 
@@ -88,9 +87,8 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
         rope_kv(rec, &Rows::all(&qkv), cfg.heads, cfg.kv_heads, hd, &c.inv_freq, seq, kv)?;
         attention(rec, &Rows::cols(&qkv, 0, qw), &Rows::cols(kv, 0, kvw), &Rows::cols(kv, kvw, kvw), &Rows::all(&a), shape, seq)?;
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
-        // x += down(silu(gate(h)) * up(h)), h = norm(x)
-        rms_linear(rec, &xr, &lw.post_norm, eps, &lw.gate_up.w, Epilogue::default(), &Rows::all(&gate_up), &hr)?;
-        binary(rec, Binary::SiluMul, &Rows::cols(&gate_up, 0, inter), &Rows::cols(&gate_up, inter, inter), &Rows::all(&s))?;
+        // x += down(silu(gate(h)) * up(h)), h = norm(x): one GEMV for decode rows.
+        rms_linear_glu(rec, &xr, &lw.post_norm, eps, &lw.gate_up.w, &Rows::all(&s), &hr, &Rows::all(&gate_up))?;
         apply(rec, &lw.down, &Rows::all(&s), Act::None, true, &xr)?;
     }
     let (r0, n) = match rows {

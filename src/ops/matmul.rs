@@ -61,7 +61,11 @@ pub fn variants() -> Vec<PipelineKey> {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(GEMV, &f, &[]));
             }
-            for extra in [&["VEC", "NORM"][..], &["VEC", "SUBGROUPS", "NORM"]] {
+            for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
+                let f: Vec<&'static str> = base.iter().chain(extra).chain(&["GLU"]).copied().collect();
+                v.push(PipelineKey::new(GEMV, &f, &[]));
+            }
+            for extra in [&["VEC", "NORM"][..], &["VEC", "SUBGROUPS", "NORM"], &["VEC", "NORM", "GLU"], &["VEC", "SUBGROUPS", "NORM", "GLU"]] {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(GEMV_NORM, &f, &[]));
             }
@@ -119,30 +123,87 @@ pub(crate) fn gemv_tuning(n: usize) -> (u32, u32) {
 /// Workgroups a GEMV should have at least (two per SM of a large GPU).
 const GEMV_MIN_GROUPS: usize = 256;
 
+/// Weight rows per group for a GEMV over `n` weight rows: `gemv_tuning`'s, at least 2 with GLU
+/// (a group takes gate and up rows in pairs). The workgroup count stays the unfused product's
+/// (halved where `gemv_tuning` picks 1: small products only).
+pub(crate) fn gemv_cpg(n: usize, glu: bool) -> u32 {
+    let cpg = gemv_tuning(n).0;
+    if glu { cpg.max(2) } else { cpg }
+}
+
+/// GEMV workgroups for `n` weight rows and `cpg` rows per group (GLU: `n / 2` output columns,
+/// `cpg / 2` per group).
+pub(crate) fn gemv_groups(gpu: &Gpu, n: usize, cpg: u32, m: usize) -> [u32; 3] {
+    let [gx, gy, _] = grid((n as u32).div_ceil(8 * cpg), gpu.caps.max_workgroups_per_dim);
+    [gx, gy, m as u32]
+}
+
 /// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K] dense (`RowSplit`) or quantised
 /// (`QMatrix`, see `ops::qmatmul`), or a `Weight` holding either; y: [M, N] view.
 pub fn linear<'w>(rec: &mut Recorder, x: &Rows, w: impl Into<WeightRef<'w>>, ep: Epilogue, y: &Rows) -> Result<()> {
-    linear_impl(rec, x, w.into(), ep, y, None)
+    linear_impl(rec, x, w.into(), ep, y, None, false)
 }
 
-/// Whether `rms_linear` fuses the norm: the GEMV with 16-byte loads takes these rows.
-fn norm_fuses(x: &Rows, g: &Tensor) -> bool {
+/// Whether `rms_linear` fuses the norm: the GEMV with 16-byte loads takes these rows (for a
+/// quantised weight: those it reads x with, vec4 or scalar).
+pub(crate) fn norm_fuses(x: &Rows, g: &Tensor) -> bool {
     x.rows <= GEMV_MAX_ROWS && x.cols.is_multiple_of(8) && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) && g.dtype() == DType::F32 && g.len() == x.cols
 }
 
-/// y = linear(rmsnorm(x) * g): for decode rows with a dense weight the GEMV normalises x itself
-/// (no dispatch of its own); otherwise the norm goes through `h` (a [M, K] scratch view) first.
+/// Whether the GEMV can fuse SwiGLU: decode rows, and one weight part (a column's gate and up
+/// rows in one binding).
+pub(crate) fn glu_fuses(x: &Rows, w: WeightRef) -> bool {
+    let parts = match w {
+        WeightRef::Dense(d) => d.parts.len(),
+        WeightRef::Quant(q) => q.parts.len(),
+    };
+    x.rows <= GEMV_MAX_ROWS && parts == 1
+}
+
+/// y = linear(rmsnorm(x) * g): for decode rows the GEMV normalises x itself (no dispatch of
+/// its own); otherwise the norm goes through `h` (a [M, K] scratch view) first.
 #[allow(clippy::too_many_arguments)]
 pub fn rms_linear<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: impl Into<WeightRef<'w>>, ep: Epilogue, y: &Rows, h: &Rows) -> Result<()> {
     let w = w.into();
-    if matches!(w, WeightRef::Dense(_)) && norm_fuses(x, g) {
-        return linear_impl(rec, x, w, ep, y, Some((g, eps)));
+    if norm_fuses(x, g) {
+        return linear_impl(rec, x, w, ep, y, Some((g, eps)), false);
     }
     super::norm::rmsnorm(rec, x, g, eps, h)?;
-    linear_impl(rec, h, w, ep, y, None)
+    linear_impl(rec, h, w, ep, y, None, false)
 }
 
-fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
+/// SwiGLU over `rms_linear`: y = silu(a[:, ..I]) * a[:, I..] with a = linear(rmsnorm(x) * g) and
+/// w gate's rows stacked over up's ([2I, K]); y is [M, I]. Decode rows take one GEMV dispatch
+/// (the norm too where `rms_linear` would fuse it); otherwise a goes through `t` ([M, 2I]
+/// scratch) and a SiluMul dispatch, the norm through `h` as in `rms_linear`.
+#[allow(clippy::too_many_arguments)]
+pub fn rms_linear_glu<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: impl Into<WeightRef<'w>>, y: &Rows, h: &Rows, t: &Rows) -> Result<()> {
+    let w = w.into();
+    if !glu_fuses(x, w) {
+        if !t.cols.is_multiple_of(2) {
+            return Err(shape_err("linear", format!("SwiGLU over an odd product ({} columns)", t.cols)));
+        }
+        rms_linear(rec, x, g, eps, w, Epilogue::default(), t, h)?;
+        let half = t.cols / 2;
+        let (gate, up) = (Rows { cols: half, ..t.clone() }, Rows { off: t.off + half, cols: half, ..t.clone() });
+        return super::elementwise::binary(rec, super::elementwise::Binary::SiluMul, &gate, &up, y);
+    }
+    if norm_fuses(x, g) {
+        return linear_impl(rec, x, w, Epilogue::default(), y, Some((g, eps)), true);
+    }
+    super::norm::rmsnorm(rec, x, g, eps, h)?;
+    linear_glu(rec, h, w, y)
+}
+
+/// y = silu(a[:, ..I]) * a[:, I..] with a = x·Wᵀ ([M, 2I], w gate's rows over up's): GEMV
+/// rows and a weight in one part only (`rms_linear_glu` falls back otherwise).
+pub(crate) fn linear_glu(rec: &mut Recorder, x: &Rows, w: WeightRef, y: &Rows) -> Result<()> {
+    linear_impl(rec, x, w, Epilogue::default(), y, None, true)
+}
+
+/// The product behind `linear`, `rms_linear` and their GLU forms: `norm` fuses rmsnorm(x) * g
+/// into the GEMV, `glu` SwiGLU (y then has half the weight's rows as columns).
+fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool) -> Result<()> {
     let op = "linear";
     x.check(op)?;
     y.check(op)?;
@@ -154,8 +215,12 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Row
     if cols != k {
         return Err(shape_err(op, format!("x has {k} columns, weight is [{rows}, {cols}]")));
     }
-    if y.rows != m || y.cols != n {
-        return Err(shape_err(op, format!("output {}x{}, expected {m}x{n}", y.rows, y.cols)));
+    if glu && (!n.is_multiple_of(2) || !glu_fuses(x, w) || ep.bias.is_some() || ep.act != Act::None) {
+        return Err(shape_err(op, format!("SwiGLU needs an even weight in one part ([{rows}, {cols}]), at most {GEMV_MAX_ROWS} rows, no bias or activation")));
+    }
+    let n_out = if glu { n / 2 } else { n };
+    if y.rows != m || y.cols != n_out {
+        return Err(shape_err(op, format!("output {}x{}, expected {m}x{n_out}", y.rows, y.cols)));
     }
     if x.t.same_buffer(y.t) {
         return Err(shape_err(op, "x and y share a buffer".into()));
@@ -177,10 +242,14 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Row
             &dummy
         }
     };
+    if let Some((g, _)) = norm
+        && (m > GEMV_MAX_ROWS || !k.is_multiple_of(4) || g.dtype() != DType::F32 || g.len() != k)
+    {
+        return Err(shape_err(op, format!("a fused norm needs at most {GEMV_MAX_ROWS} rows, K a multiple of 4 and an f32 weight of {k}")));
+    }
     match w {
-        WeightRef::Dense(w) => dense(rec, x, w, ep, bias, y, norm),
-        WeightRef::Quant(_) if norm.is_some() => Err(shape_err(op, "a fused norm needs a dense weight".into())),
-        WeightRef::Quant(q) => super::qmatmul::qlinear(rec, x, q, ep, bias, y),
+        WeightRef::Dense(w) => dense(rec, x, w, ep, bias, y, norm, glu),
+        WeightRef::Quant(q) => super::qmatmul::qlinear(rec, x, q, ep, bias, y, norm, glu),
     }
 }
 
@@ -195,7 +264,8 @@ pub(crate) fn epilogue_params(ep: &Epilogue) -> (u32, u32) {
 }
 
 /// `linear` with a dense weight, after the checks.
-fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool) -> Result<()> {
     let op = "linear";
     let (m, k) = (x.rows, x.cols);
     let mut flags = act_flags(op, x.t.dtype())?.to_vec();
@@ -213,7 +283,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         flags.push("SUBGROUPS");
     }
-    let tuning = gemv_tuning(w.rows);
+    let tuning = (gemv_cpg(w.rows, glu), gemv_tuning(w.rows).1);
     let coop = !gemv && coop_fits(rec.gpu, x, w);
     let staged = coop && coop_staged(rec.gpu);
     if norm.is_some() {
@@ -221,6 +291,9 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
             return Err(shape_err(op, "a fused norm needs the GEMV's 16-byte loads".into()));
         }
         flags.push("NORM");
+    }
+    if glu {
+        flags.push("GLU");
     }
     let key = if norm.is_some() {
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
@@ -239,7 +312,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         u32_of(op, pn * k)?;
         let params = MatmulParams {
             m: m as u32,
-            n: pn as u32,
+            n: if glu { pn / 2 } else { pn } as u32,
             k: k as u32,
             x_off: x.off as u32,
             x_stride: x.stride as u32,
@@ -252,8 +325,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
             eps: norm.map_or(0.0, |(_, e)| e),
         };
         let wg = if gemv {
-            let [gx, gy, _] = grid((pn as u32).div_ceil(8 * tuning.0), rec.gpu.caps.max_workgroups_per_dim);
-            [gx, gy, m as u32]
+            gemv_groups(rec.gpu, pn, tuning.0, m)
         } else if coop && staged {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
         } else if coop {
@@ -434,14 +506,7 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
                 rms_linear(&mut rec, &Rows::all(&xt), &gt, eps, &wt, ep, &Rows::all(&yt), &Rows::all(&ht))?;
                 rec.finish()?.run(gpu).await?;
                 let got = gpu.read_f32(&yt).await?;
-                let mut h = vec![0.0f32; m * k];
-                for i in 0..m {
-                    let row = &x[i * k..(i + 1) * k];
-                    let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64 + eps as f64).sqrt());
-                    for j in 0..k {
-                        h[i * k + j] = (row[j] as f64 * inv * g[j] as f64) as f32;
-                    }
-                }
+                let mut h = rms_reference(&x, &g, eps, m, k);
                 // The unfused path rounds h to the activation dtype before the product.
                 if !norm_fuses(&Rows::all(&xt), &gt) {
                     h = check::round_to(act_dt, &h);
@@ -455,4 +520,103 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
-crate::checks!(check_linear, check_linear_split, check_linear_views, check_rms_linear);
+/// rmsnorm(x) * g of [m, k] rows in f64, rounded to f32.
+pub(crate) fn rms_reference(x: &[f32], g: &[f32], eps: f32, m: usize, k: usize) -> Vec<f32> {
+    let mut h = vec![0.0f32; m * k];
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        let inv = 1.0 / ((row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64 + eps as f64).sqrt());
+        for j in 0..k {
+            h[i * k + j] = (row[j] as f64 * inv * g[j] as f64) as f32;
+        }
+    }
+    h
+}
+
+/// SwiGLU of a reference product a ([m, 2 * half], with its magnitudes): silu(gate) * up, and
+/// magnitudes the sums' errors carry into it (through silu'(gate) and up), plus |y| for the f32 SiLU.
+pub(crate) fn glu_reference(a: &[f64], mag: &[f64], m: usize, half: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut y, mut ymag) = (Vec::with_capacity(m * half), Vec::with_capacity(m * half));
+    for i in 0..m {
+        for j in 0..half {
+            let (ig, iu) = (i * 2 * half + j, i * 2 * half + half + j);
+            let (gate, up) = (a[ig], a[iu]);
+            let sig = 1.0 / (1.0 + (-gate).exp());
+            let (silu, dsilu) = (gate * sig, sig * (1.0 + gate * (1.0 - sig)));
+            y.push(silu * up);
+            ymag.push(dsilu.abs() * mag[ig] * up.abs() + silu.abs() * mag[iu] + (silu * up).abs());
+        }
+    }
+    (y, ymag)
+}
+
+/// Runs `linear_glu`, or `rms_linear_glu` when `g` is given, into a poisoned [m, half] output;
+/// returns y and whether it took one dispatch.
+pub(crate) async fn run_glu(gpu: &Gpu, x: &Tensor, g: Option<(&Tensor, f32)>, w: WeightRef<'_>, half: usize) -> Result<(Vec<f32>, bool), check::CheckError> {
+    let xr = Rows::all(x);
+    let (m, k, act_dt) = (xr.rows, xr.cols, x.dtype());
+    let yt = poisoned(gpu, &[m, half], act_dt)?;
+    let ht = poisoned(gpu, &[m, k], act_dt)?;
+    let tt = poisoned(gpu, &[m, 2 * half], act_dt)?;
+    let mut rec = Recorder::new(gpu);
+    match g {
+        Some((g, eps)) => rms_linear_glu(&mut rec, &xr, g, eps, w, &Rows::all(&yt), &Rows::all(&ht), &Rows::all(&tt))?,
+        None => linear_glu(&mut rec, &xr, w, &Rows::all(&yt))?,
+    }
+    let fused = rec.len() == 1;
+    rec.finish()?.run(gpu).await?;
+    Ok((gpu.read_f32(&yt).await?, fused))
+}
+
+/// SwiGLU fused into the GEMV, with and without the norm, and `rms_linear_glu`'s fallbacks (more
+/// rows; a weight in several parts), against the f64 product followed by silu(gate) * up.
+async fn check_linear_glu(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(14);
+    let eps = 1e-6f32;
+    let mut worst = 0.0f64;
+    for act_dt in check::act_dtypes(gpu) {
+        for w_dt in [DType::F32, DType::F16] {
+            // (m, k, output columns, norm, weight rows per part). Output columns per workgroup
+            // are 8 (2 weight rows per group) or 16 (4 per group, from 8200 rows): each width
+            // leaves a ragged last workgroup.
+            for (m, k, half, norm, part_rows) in [
+                (1, 64, 33, false, usize::MAX),  // vec4 x
+                (3, 33, 7, false, usize::MAX),   // scalar x
+                (2, 16, 4100, false, usize::MAX), // 4 rows per group
+                (1, 64, 33, true, usize::MAX),
+                (3, 2048, 20, true, usize::MAX), // long K
+                (2, 16, 2050, true, usize::MAX),
+                (8, 16, 4100, true, usize::MAX),
+                (3, 33, 7, true, usize::MAX),    // norm unfused (K not a multiple of 8)
+                (12, 64, 20, true, usize::MAX),  // GEMM rows: product, then SiluMul
+                (2, 64, 40, true, 24),           // weight in 4 parts: the same
+            ] {
+                let n = 2 * half;
+                let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
+                let g = rng.normals(k, 1.0);
+                let w = check::round_to(w_dt, &rng.normals(n * k, (1.0 / k as f32).sqrt()));
+                let xt = Tensor::from_f32(gpu, &[m, k], act_dt, &x)?;
+                let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
+                let wt = RowSplit::from_bytes_parts(gpu, n, k, w_dt, &w_dt.encode_f32(&w), part_rows)?;
+                let in_kernel = glu_fuses(&Rows::all(&xt), (&wt).into()) && (!norm || norm_fuses(&Rows::all(&xt), &gt));
+                // Intermediates rounded to f16 (h, or the product) would need looser bounds.
+                if !in_kernel && act_dt == DType::F16 {
+                    continue;
+                }
+                let (got, fused) = run_glu(gpu, &xt, norm.then_some((&gt, eps)), (&wt).into(), half).await?;
+                let what = format!("linear_glu {m}x{k}x{n} x:{act_dt} w:{w_dt} norm:{norm} parts:{}", wt.parts.len());
+                if fused != in_kernel {
+                    return Err(format!("{what}: one dispatch {fused}, expected {in_kernel}").into());
+                }
+                let h = if norm { rms_reference(&x, &g, eps, m, k) } else { x.clone() };
+                let (a, amag) = reference(&h, &w, None, m, k, n, Act::None, None);
+                let (want, mag) = glu_reference(&a, &amag, m, half);
+                let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
+                worst = worst.max(compare_mag(&what, &got, &want, &mag, tol, 1e-5)?);
+            }
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+crate::checks!(check_linear, check_linear_split, check_linear_views, check_rms_linear, check_linear_glu);

@@ -5,7 +5,7 @@
 //! dispatch on the weight. Few rows use `qgemv`, many the tiled `qgemm`; one dispatch per row
 //! block, as for dense weights.
 
-use super::matmul::{epilogue_params, reference, Act, Case, Epilogue, GEMV_MAX_ROWS};
+use super::matmul::{epilogue_params, gemv_cpg, gemv_groups, reference, Act, Case, Epilogue, GEMV_MAX_ROWS};
 use super::{act_flags, shape_err, u32_of, Rows, WG};
 use crate::check::{self, compare, compare_mag, poisoned, CheckResult, Rng, Tol};
 use crate::error::Result;
@@ -15,7 +15,7 @@ use crate::quant::{Packed, QFormat, QMatrix};
 
 params_struct!(QMatmulParams("QMatmulParams") {
     m: u32, n: u32, k: u32, x_off: u32, x_stride: u32, y_off: u32, y_stride: u32, n_off: u32,
-    bias_off: u32, flags: u32, act: u32, group: u32, row_words: u32, row_groups: u32, _pad0: u32, _pad1: u32,
+    bias_off: u32, flags: u32, act: u32, group: u32, row_words: u32, row_groups: u32, eps: f32, _pad1: u32,
 });
 params_struct!(QEmbedParams("QEmbedParams") {
     n_tok: u32, hidden: u32, row0: u32, part_rows: u32, vocab: u32, group: u32, row_words: u32, row_groups: u32,
@@ -26,6 +26,8 @@ const QGEMM: Kernel = Kernel { shader: "qmatmul", entry: "qgemm", binds: BINDS }
 /// The tensor-core GEMM with W dequantised while staged (`shaders/qmatmul_coop.wgsl`).
 const QGEMM_COOP: Kernel = Kernel { shader: "qmatmul_coop", entry: "qgemm_coop", binds: BINDS };
 const QGEMV: Kernel = Kernel { shader: "qmatmul", entry: "qgemv", binds: BINDS };
+/// qgemv over rmsnorm(x) * g, the norm weight g bound last.
+const QGEMV_NORM: Kernel = Kernel { shader: "qmatmul", entry: "qgemv", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read] };
 const QGATHER: Kernel = Kernel { shader: "qembed", entry: "qgather", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite] };
 
 fn format_flags(f: QFormat) -> &'static [&'static str] {
@@ -49,8 +51,10 @@ pub fn variants() -> Vec<PipelineKey> {
                 v.push(PipelineKey::new(QGEMM_COOP, &f, &[]));
             }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
-                let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
-                v.push(PipelineKey::new(QGEMV, &f, &[]));
+                for fused in [&[][..], &["GLU"], &["NORM"], &["NORM", "GLU"]] {
+                    let f: Vec<&'static str> = base.iter().chain(extra).chain(fused).copied().collect();
+                    v.push(PipelineKey::new(if fused.contains(&"NORM") { QGEMV_NORM } else { QGEMV }, &f, &[]));
+                }
             }
         }
     }
@@ -64,8 +68,10 @@ fn takes_coop(gpu: &Gpu, x: &Rows) -> bool {
     x.rows > GEMV_MAX_ROWS && super::matmul::coop_staged(gpu) && super::matmul::coop_x_fits(gpu, x)
 }
 
-/// `matmul::linear` with a quantised weight, after its shape, dtype and bias checks.
-pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, bias: &Tensor, y: &Rows) -> Result<()> {
+/// `matmul::linear` with a quantised weight, after its shape, dtype and bias checks (and those
+/// of the GEMV fusions: `norm` rmsnorm(x) * g, `glu` SwiGLU, as in the dense GEMV).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool) -> Result<()> {
     let op = "linear";
     let (m, k) = (x.rows, x.cols);
     let mut flags = act_flags(op, x.t.dtype())?.to_vec();
@@ -78,10 +84,16 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         flags.push("SUBGROUPS");
     }
-    let cpg = super::matmul::gemv_tuning(w.rows).0;
+    if norm.is_some() {
+        flags.push("NORM");
+    }
+    if glu {
+        flags.push("GLU");
+    }
+    let cpg = gemv_cpg(w.rows, glu);
     let coop = takes_coop(rec.gpu, x);
     let key = if gemv {
-        PipelineKey::new(QGEMV, &flags, &[("CPG", cpg)])
+        PipelineKey::new(if norm.is_some() { QGEMV_NORM } else { QGEMV }, &flags, &[("CPG", cpg)])
     } else if coop {
         let mut f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
         if super::matmul::staged_flags().contains(&"SMEM4") {
@@ -97,7 +109,7 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         u32_of(op, part.rows * l.row_words)?;
         let params = QMatmulParams {
             m: m as u32,
-            n: part.rows as u32,
+            n: if glu { part.rows / 2 } else { part.rows } as u32,
             k: k as u32,
             x_off: x.off as u32,
             x_stride: x.stride as u32,
@@ -110,17 +122,20 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
             group: l.group as u32,
             row_words: l.row_words as u32,
             row_groups: l.row_groups as u32,
+            eps: norm.map_or(0.0, |(_, e)| e),
             ..Default::default()
         };
         let wg = if gemv {
-            let [gx, gy, _] = grid((part.rows as u32).div_ceil(8 * cpg), caps.max_workgroups_per_dim);
-            [gx, gy, m as u32]
+            gemv_groups(rec.gpu, part.rows, cpg, m)
         } else if coop {
             [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
         } else {
             [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
-        rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t], wg)?;
+        match norm {
+            Some((g, _)) => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t, g], wg)?,
+            None => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t], wg)?,
+        }
     }
     Ok(())
 }
@@ -275,4 +290,76 @@ async fn check_qembed(gpu: &Gpu) -> CheckResult {
     Ok(format!("{vocab}x{hidden} tables in {} parts, 4 formats", vocab.div_ceil(64)))
 }
 
-crate::checks!(check_qlinear, check_qlinear_split, check_qembed);
+/// The GEMV fusions with quantised weights: rmsnorm (`rms_linear`) and SwiGLU (`linear_glu`,
+/// `rms_linear_glu`) in one dispatch for decode rows, and the unfused paths for more rows,
+/// against the CPU twin's dequantised weights in f64.
+async fn check_qlinear_fused(gpu: &Gpu) -> CheckResult {
+    let mut rng = Rng::new(23);
+    let eps = 1e-6f32;
+    let mut worst = 0.0f64;
+    for act_dt in check::act_dtypes(gpu) {
+        for fmt in formats() {
+            // (m, k, output columns, norm, glu, residual). With GLU, 8 output columns per
+            // workgroup (2 weight rows per group) or 16 (4 per group, from 8200 rows); every width
+            // leaves a ragged last workgroup.
+            for (m, k, cols, norm, glu, residual) in [
+                (1, 64, 40, true, false, false),    // vec4 x
+                (3, 40, 33, true, false, true),     // scalar x (K not a multiple of 32)
+                (2, 2048, 20, true, false, true),   // long K
+                (1, 64, 4100, true, false, false),  // 2 rows per group
+                (2, 32, 8200, true, false, true),   // 4 rows per group, a ragged end
+                (12, 64, 20, true, false, false),   // GEMM rows: rmsnorm, then the product
+                (1, 64, 33, false, true, false),    // vec4 x
+                (3, 36, 7, false, true, false),     // scalar x, K padded
+                (2, 32, 4100, false, true, false),  // 4 rows per group
+                (1, 64, 33, true, true, false),
+                (4, 40, 21, true, true, false),     // norm with scalar x
+                (1, 256, 2050, true, true, false),  // 2 rows per group
+                (12, 64, 20, true, true, false),    // GEMM rows: product, then SiluMul
+            ] {
+                let n = if glu { 2 * cols } else { cols };
+                let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
+                let g = rng.normals(k, 1.0);
+                let packed = Packed::quantize(fmt, n, k, &rng.normals(n * k, (1.0 / k as f32).sqrt()))?;
+                let mut deq = packed.dequantize();
+                let prev = check::round_to(act_dt, &rng.normals(m * cols, 1.0));
+                let xt = Tensor::from_f32(gpu, &[m, k], act_dt, &x)?;
+                let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
+                let wt = QMatrix::upload(gpu, &packed)?;
+                let xr = Rows::all(&xt);
+                if takes_coop(gpu, &xr) {
+                    deq = check::round_to(DType::F16, &deq);
+                }
+                let in_kernel = m <= GEMV_MAX_ROWS && (!norm || super::matmul::norm_fuses(&xr, &gt));
+                // Intermediates rounded to f16 (h, or the product) would need looser bounds.
+                if !in_kernel && act_dt == DType::F16 {
+                    continue;
+                }
+                let what = format!("qlinear {fmt} {m}x{k}x{n} x:{act_dt} norm:{norm} glu:{glu}");
+                let (got, fused) = if glu {
+                    super::matmul::run_glu(gpu, &xt, norm.then_some((&gt, eps)), (&wt).into(), cols).await?
+                } else {
+                    let yt = if residual { Tensor::from_f32(gpu, &[m, n], act_dt, &prev)? } else { poisoned(gpu, &[m, n], act_dt)? };
+                    let ht = poisoned(gpu, &[m, k], act_dt)?;
+                    let mut rec = Recorder::new(gpu);
+                    let ep = Epilogue { residual, ..Default::default() };
+                    super::matmul::rms_linear(&mut rec, &xr, &gt, eps, &wt, ep, &Rows::all(&yt), &Rows::all(&ht))?;
+                    let fused = rec.len() == 1;
+                    rec.finish()?.run(gpu).await?;
+                    (gpu.read_f32(&yt).await?, fused)
+                };
+                if fused != in_kernel {
+                    return Err(format!("{what}: one dispatch {fused}, expected {in_kernel}").into());
+                }
+                let h = if norm { super::matmul::rms_reference(&x, &g, eps, m, k) } else { x.clone() };
+                let (a, amag) = reference(&h, &deq, None, m, k, n, Act::None, (residual && !glu).then_some(&prev[..]));
+                let (want, mag) = if glu { super::matmul::glu_reference(&a, &amag, m, cols) } else { (a, amag) };
+                let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
+                worst = worst.max(compare_mag(&what, &got, &want, &mag, tol, 2e-5)?);
+            }
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+crate::checks!(check_qlinear, check_qlinear_split, check_qembed, check_qlinear_fused);
