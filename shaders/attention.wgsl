@@ -523,26 +523,45 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 @group(0) @binding(2) var<storage, read> part: array<f32>;
 @group(0) @binding(3) var<storage, read_write> o: array<T>;
 
-// One workgroup per (row, head): weights each split's partial by exp(its max - the max).
+// One workgroup per (row, head): weights each split's partial by exp(its max - the max). The
+// splits' (max, sum) pairs are loaded by one thread each (at most 64 splits: `split_plan`), so
+// the loads overlap instead of forming a chain.
+var<workgroup> cmax: array<f32, 64>;
+var<workgroup> cw: array<f32, 64>;
+
 @compute @workgroup_size(64)
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let i = wid.x;
     let h = wid.y;
     let used = min(p.splits, (visible_keys(i) + p.split_len - 1u) / p.split_len);
     let base = (i * p.heads + h) * p.splits * (D + 2u);
+    var ms = NEG;
+    var ls = 0.0;
+    if (t < used) {
+        ms = part[base + t * (D + 2u) + D];
+        ls = part[base + t * (D + 2u) + D + 1u];
+    }
+    cmax[t] = ms;
+    workgroupBarrier();
     var mx = NEG;
     for (var s = 0u; s < used; s++) {
-        mx = max(mx, part[base + s * (D + 2u) + D]);
+        mx = max(mx, cmax[s]);
     }
+    let wgt = exp(ms - mx);
+    cw[t] = wgt * ls;
+    workgroupBarrier();
     var total = 0.0;
     for (var s = 0u; s < used; s++) {
-        total += exp(part[base + s * (D + 2u) + D] - mx) * part[base + s * (D + 2u) + D + 1u];
+        total += cw[s];
     }
+    workgroupBarrier();
+    cw[t] = wgt;
+    workgroupBarrier();
     let ob = p.o_off + i * p.o_stride + h * D;
     for (var d = t; d < D; d += 64u) {
         var a = 0.0;
         for (var s = 0u; s < used; s++) {
-            a += exp(part[base + s * (D + 2u) + D] - mx) * part[base + s * (D + 2u) + d];
+            a += cw[s] * part[base + s * (D + 2u) + d];
         }
         o[ob + d] = T(a / total);
     }

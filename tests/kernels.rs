@@ -47,6 +47,7 @@ kernel_tests!(
     check_window,
     check_im2col,
     check_attention_tiled,
+    check_attention_coop,
     check_quantise,
 );
 

@@ -36,6 +36,8 @@ const REL_ROWS: usize = 32;
 const TILE: usize = 64;
 /// Workgroups worth filling a large GPU with: fewer (row, head) pairs than this get their keys split.
 const TARGET_WORKGROUPS: usize = 512;
+/// Most key splits `attn_combine` merges (one thread each).
+const MAX_SPLITS: usize = 64;
 
 pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
@@ -87,10 +89,11 @@ pub struct AttnShape {
 }
 
 /// Key splits for `rows` query rows over at most `kv_rows` keys: one unless the (row, head)
-/// pairs alone leave the GPU idle (decode). Returns (splits, keys per split).
+/// pairs alone leave the GPU idle (decode), at most MAX_SPLITS (`attn_combine`'s workgroup).
+/// Returns (splits, keys per split).
 fn split_plan(rows: usize, heads: usize, kv_rows: usize) -> (usize, usize) {
     let tiles = kv_rows.div_ceil(TILE).max(1);
-    let splits = TARGET_WORKGROUPS.div_ceil(rows * heads).clamp(1, tiles);
+    let splits = TARGET_WORKGROUPS.div_ceil(rows * heads).clamp(1, tiles.min(MAX_SPLITS));
     (splits, tiles.div_ceil(splits) * TILE)
 }
 
