@@ -13,8 +13,13 @@ alias T = f16;
 #include matmul_params
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
+#ifdef F16IN
+@group(0) @binding(1) var<storage, read> x8: array<vec4<f16>>;
+@group(0) @binding(2) var<storage, read> w8: array<vec4<f16>>;
+#else
 @group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> w8: array<vec4<u32>>;
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f16>;
 
@@ -24,30 +29,25 @@ alias T = f16;
 #include coop_stage
 
 // The 16-byte piece `c` (row c / 4) of the W tile at (n0, k0); zero past K.
-fn load_b(n0: u32, k0: u32, c: u32) -> vec4<u32> {
+fn load_b(n0: u32, k0: u32, c: u32) -> Piece {
     let n = min(n0 + c / 4u, p.n - 1u);
     let k = k0 + 8u * (c % 4u);
-    if (k >= p.k) { return vec4<u32>(0u); }
-    return w8[(n * p.k + k) / 8u];
-}
-
-fn put_b(stage: u32, c: u32, v: vec4<u32>) {
-    let at = stage * (BN * S) + (c / 4u) * S + 8u * (c % 4u);
-#ifdef SMEM4
-    // (naga's bitcast does not take vec2<u32> to vec4<f16>; the f32 round trip is exact.)
-    Bs[at / 4u] = vec4<f16>(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)));
-    Bs[at / 4u + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
+    if (k >= p.k) { return Piece(vec4<f16>(0.0), vec4<f16>(0.0)); }
+#ifdef F16IN
+    let i = (n * p.k + k) / 4u;
+    return Piece(w8[i], w8[i + 1u]);
 #else
-    // f16 pairs through f32 (exact: every f16 is an f32).
-    let h0 = vec2<f16>(unpack2x16float(v.x));
-    let h1 = vec2<f16>(unpack2x16float(v.y));
-    let h2 = vec2<f16>(unpack2x16float(v.z));
-    let h3 = vec2<f16>(unpack2x16float(v.w));
-    Bs[at] = h0.x; Bs[at + 1u] = h0.y; Bs[at + 2u] = h1.x; Bs[at + 3u] = h1.y;
-    Bs[at + 4u] = h2.x; Bs[at + 5u] = h2.y; Bs[at + 6u] = h3.x; Bs[at + 7u] = h3.y;
+    return unpack8(w8[(n * p.k + k) / 8u]);
 #endif
 }
 
+fn put_b(stage: u32, c: u32, v: Piece) {
+    let at = (stage * (BN * S) + (c / 4u) * S + 8u * (c % 4u)) / 4u;
+    Bs[at] = v.lo;
+    Bs[at + 1u] = v.hi;
+}
+
+#ifndef BIG
 @compute @workgroup_size(128)
 fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m_base = wid.y * BM;
@@ -129,3 +129,121 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     emit(c12, sid, lane, m0 + 16u, n0 + 32u);
     emit(c13, sid, lane, m0 + 16u, n0 + 48u);
 }
+#else
+// BIG: 128x128 tiles, each subgroup 64x64 (4 x 4 tiles of 16x16): twice the multiplies per
+// staged byte and per operand load of the 64x128 kernel, for products with many tiles.
+@compute @workgroup_size(128)
+fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m_base = wid.y * BM;
+    let n_base = wid.x * BN;
+    let mr = (sid / 2u) * 64u;
+    let nr = (sid % 2u) * 64u;
+    var c00: coop_mat16x16<f32, C>;
+    var c01: coop_mat16x16<f32, C>;
+    var c02: coop_mat16x16<f32, C>;
+    var c03: coop_mat16x16<f32, C>;
+    var c10: coop_mat16x16<f32, C>;
+    var c11: coop_mat16x16<f32, C>;
+    var c12: coop_mat16x16<f32, C>;
+    var c13: coop_mat16x16<f32, C>;
+    var c20: coop_mat16x16<f32, C>;
+    var c21: coop_mat16x16<f32, C>;
+    var c22: coop_mat16x16<f32, C>;
+    var c23: coop_mat16x16<f32, C>;
+    var c30: coop_mat16x16<f32, C>;
+    var c31: coop_mat16x16<f32, C>;
+    var c32: coop_mat16x16<f32, C>;
+    var c33: coop_mat16x16<f32, C>;
+    let steps = (p.k + BK - 1u) / BK;
+    var ra0 = load_a(m_base, 0u, t);
+    var ra1 = load_a(m_base, 0u, t + 128u);
+    var ra2 = load_a(m_base, 0u, t + 256u);
+    var ra3 = load_a(m_base, 0u, t + 384u);
+    var rb0 = load_b(n_base, 0u, t);
+    var rb1 = load_b(n_base, 0u, t + 128u);
+    var rb2 = load_b(n_base, 0u, t + 256u);
+    var rb3 = load_b(n_base, 0u, t + 384u);
+    put_a(0u, t, ra0);
+    put_a(0u, t + 128u, ra1);
+    put_a(0u, t + 256u, ra2);
+    put_a(0u, t + 384u, ra3);
+    put_b(0u, t, rb0);
+    put_b(0u, t + 128u, rb1);
+    put_b(0u, t + 256u, rb2);
+    put_b(0u, t + 384u, rb3);
+    workgroupBarrier();
+    for (var s = 0u; s < steps; s++) {
+        let cur = s % 2u;
+        let more = s + 1u < steps;
+        if (more) {
+            let k1 = (s + 1u) * BK;
+            ra0 = load_a(m_base, k1, t);
+            ra1 = load_a(m_base, k1, t + 128u);
+            ra2 = load_a(m_base, k1, t + 256u);
+            ra3 = load_a(m_base, k1, t + 384u);
+            rb0 = load_b(n_base, k1, t);
+            rb1 = load_b(n_base, k1, t + 128u);
+            rb2 = load_b(n_base, k1, t + 256u);
+            rb3 = load_b(n_base, k1, t + 384u);
+        }
+        let ab = cur * (BM * S) + mr * S;
+        let bb = cur * (BN * S) + nr * S;
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + kk) / SE], S / SE);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
+            let a2 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 32u * S + kk) / SE], S / SE);
+            let a3 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 48u * S + kk) / SE], S / SE);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+            c20 = coopMultiplyAdd(a2, b0, c20);
+            c21 = coopMultiplyAdd(a2, b1, c21);
+            c22 = coopMultiplyAdd(a2, b2, c22);
+            c23 = coopMultiplyAdd(a2, b3, c23);
+            c30 = coopMultiplyAdd(a3, b0, c30);
+            c31 = coopMultiplyAdd(a3, b1, c31);
+            c32 = coopMultiplyAdd(a3, b2, c32);
+            c33 = coopMultiplyAdd(a3, b3, c33);
+        }
+        if (more) {
+            let nxt = 1u - cur;
+            put_a(nxt, t, ra0);
+            put_a(nxt, t + 128u, ra1);
+            put_a(nxt, t + 256u, ra2);
+            put_a(nxt, t + 384u, ra3);
+            put_b(nxt, t, rb0);
+            put_b(nxt, t + 128u, rb1);
+            put_b(nxt, t + 256u, rb2);
+            put_b(nxt, t + 384u, rb3);
+        }
+        workgroupBarrier();
+    }
+    let m0 = m_base + mr;
+    let n0 = n_base + nr;
+    emit(c00, sid, lane, m0, n0);
+    emit(c01, sid, lane, m0, n0 + 16u);
+    emit(c02, sid, lane, m0, n0 + 32u);
+    emit(c03, sid, lane, m0, n0 + 48u);
+    emit(c10, sid, lane, m0 + 16u, n0);
+    emit(c11, sid, lane, m0 + 16u, n0 + 16u);
+    emit(c12, sid, lane, m0 + 16u, n0 + 32u);
+    emit(c13, sid, lane, m0 + 16u, n0 + 48u);
+    emit(c20, sid, lane, m0 + 32u, n0);
+    emit(c21, sid, lane, m0 + 32u, n0 + 16u);
+    emit(c22, sid, lane, m0 + 32u, n0 + 32u);
+    emit(c23, sid, lane, m0 + 32u, n0 + 48u);
+    emit(c30, sid, lane, m0 + 48u, n0);
+    emit(c31, sid, lane, m0 + 48u, n0 + 16u);
+    emit(c32, sid, lane, m0 + 48u, n0 + 32u);
+    emit(c33, sid, lane, m0 + 48u, n0 + 48u);
+}
+#endif

@@ -13,7 +13,11 @@ alias T = f16;
 #include qmatmul_params
 
 @group(0) @binding(0) var<uniform> p: QMatmulParams;
+#ifdef F16IN
+@group(0) @binding(1) var<storage, read> x8: array<vec4<f16>>;
+#else
 @group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
+#endif
 @group(0) @binding(2) var<storage, read> codes: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
@@ -59,11 +63,7 @@ fn load_b(n0: u32, k0: u32, t: u32) -> RowCodes {
 }
 
 fn put4(at: u32, v: vec4<f32>) {
-#ifdef SMEM4
     Bs[at / 4u] = vec4<f16>(v);
-#else
-    Bs[at] = f16(v.x); Bs[at + 1u] = f16(v.y); Bs[at + 2u] = f16(v.z); Bs[at + 3u] = f16(v.w);
-#endif
 }
 
 fn put_b(stage: u32, t: u32, r: RowCodes) {

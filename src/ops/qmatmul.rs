@@ -47,7 +47,7 @@ pub fn variants() -> Vec<PipelineKey> {
             v.push(PipelineKey::new(QGATHER, &base, &[]));
             if !act.is_empty() {
                 v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
-                let f: Vec<&'static str> = base.iter().copied().chain(["SMEM4"]).collect();
+                let f: Vec<&'static str> = base.iter().copied().chain(["F16IN"]).collect();
                 v.push(PipelineKey::new(QGEMM_COOP, &f, &[]));
             }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
@@ -96,8 +96,8 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         PipelineKey::new(if norm.is_some() { QGEMV_NORM } else { QGEMV }, &flags, &[("CPG", cpg)])
     } else if coop {
         let mut f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
-        if super::matmul::staged_flags().contains(&"SMEM4") {
-            f.push("SMEM4");
+        if super::matmul::staged_f16in() {
+            f.push("F16IN");
         }
         PipelineKey::new(QGEMM_COOP, &f, &[])
     } else {
