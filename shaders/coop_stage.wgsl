@@ -1,8 +1,7 @@
 // The staged tensor-core GEMMs' shared pieces (matmul_coop_staged.wgsl, qmatmul_coop.wgsl): tile
 // shape, the two-stage operand tiles in workgroup memory, the x tile's loads and stores, and the
 // epilogue of one 16x16 result. Needs `p` (m, k, x_off, x_stride, n), `x8` and `finish`.
-// Flags: BIG (128-row tiles: 4 subgroups of 64x64), F16IN (x8 holds vec4<f16> pairs rather
-// than vec4<u32>: the staged copy needs no conversion).
+// Flag BIG: 128-row tiles (4 subgroups of 64x64).
 #ifdef BIG
 const BM: u32 = 128u;
 #else
@@ -13,46 +12,37 @@ const BK: u32 = 32u;
 // Row pitch of the staged tiles in f16: 8 more than BK keeps rows on different banks.
 const S: u32 = 40u;
 // The tiles live in vec4<f16> slots (one 8-byte store per 4 values; 2-byte stores were 20%
-// slower): the cooperative loads count offsets and strides in slots of SE elements.
+// slower, run m): the cooperative loads count offsets and strides in slots of SE elements.
 const SE: u32 = 4u;
 var<workgroup> As: array<vec4<f16>, 2u * BM * S / SE>; // 2 stages x BM x S
 var<workgroup> Bs: array<vec4<f16>, 2u * BN * S / SE>; // 2 stages x BN x S
 // One 16x16 f32 result per subgroup at a time, row-major, for the epilogue.
 var<workgroup> cs: array<f32, 1024>;
 
-// 8 consecutive f16 of a row.
-struct Piece {
-    lo: vec4<f16>,
-    hi: vec4<f16>,
-}
-
-#ifdef F16IN
-fn piece_x(i: u32) -> Piece {
-    return Piece(x8[i / 4u], x8[i / 4u + 1u]);
-}
-#else
-// (naga's bitcast does not take u32 to f16 vectors; the f32 round trip is exact.)
-fn unpack8(v: vec4<u32>) -> Piece {
-    return Piece(vec4<f16>(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y))), vec4<f16>(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w))));
-}
-
-fn piece_x(i: u32) -> Piece {
-    return unpack8(x8[i / 8u]);
-}
-#endif
-
 // The 16-byte piece `c` (of BK/8 per row, row c / 4) of the x tile at (m0, k0); zero past K.
-fn load_a(m0: u32, k0: u32, c: u32) -> Piece {
+// Kept as loaded until `put_a`: converting here would wait for the load at once, and the
+// next step's loads are meant to fly while this step multiplies.
+fn load_a(m0: u32, k0: u32, c: u32) -> vec4<u32> {
     let m = min(m0 + c / 4u, p.m - 1u);
     let k = k0 + 8u * (c % 4u);
-    if (k >= p.k) { return Piece(vec4<f16>(0.0), vec4<f16>(0.0)); }
-    return piece_x(p.x_off + m * p.x_stride + k);
+    if (k >= p.k) { return vec4<u32>(0u); }
+    return x8[(p.x_off + m * p.x_stride + k) / 8u];
 }
 
-fn put_a(stage: u32, c: u32, v: Piece) {
+// The first and last 4 of 8 f16 held as 4 u32 pairs (naga's bitcast does not take u32 to f16
+// vectors; the f32 round trip is exact).
+fn lo4(v: vec4<u32>) -> vec4<f16> {
+    return vec4<f16>(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)));
+}
+
+fn hi4(v: vec4<u32>) -> vec4<f16> {
+    return vec4<f16>(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
+}
+
+fn put_a(stage: u32, c: u32, v: vec4<u32>) {
     let at = (stage * (BM * S) + (c / 4u) * S + 8u * (c % 4u)) / 4u;
-    As[at] = v.lo;
-    As[at + 1u] = v.hi;
+    As[at] = lo4(v);
+    As[at + 1u] = hi4(v);
 }
 
 // Writes one subgroup's 16x16 tile at (mc, nc), the parts inside the matrix.

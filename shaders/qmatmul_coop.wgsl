@@ -13,11 +13,7 @@ alias T = f16;
 #include qmatmul_params
 
 @group(0) @binding(0) var<uniform> p: QMatmulParams;
-#ifdef F16IN
-@group(0) @binding(1) var<storage, read> x8: array<vec4<f16>>;
-#else
 @group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
-#endif
 @group(0) @binding(2) var<storage, read> codes: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;

@@ -74,7 +74,7 @@ pub fn variants() -> Vec<PipelineKey> {
         }
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
-    for f in [&["F16"][..], &["F16", "F16IN"], &["F16", "BIG"], &["F16", "F16IN", "BIG"]] {
+    for f in [&["F16"][..], &["F16", "BIG"]] {
         v.push(PipelineKey::new(GEMM_COOP_STAGED, f, &[]));
     }
     v
@@ -84,12 +84,6 @@ pub fn variants() -> Vec<PipelineKey> {
 /// gives the workgroup memory, unless `DSVL_COOP_STAGED=0` (the direct-load kernel, for comparison).
 pub(crate) fn coop_staged(gpu: &Gpu) -> bool {
     gpu.caps.max_workgroup_storage >= STAGED_WG_BYTES && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
-}
-
-/// Whether the staged tensor-core GEMMs read x (and W) as vec4<f16> pairs, skipping the
-/// conversions of the vec4<u32> path; `DSVL_COOP_F16IN=0` turns it off (for comparison).
-pub(crate) fn staged_f16in() -> bool {
-    std::env::var("DSVL_COOP_F16IN").map_or(true, |v| v != "0")
 }
 
 /// Whether the dense staged GEMM of an m x n product takes 128x128 tiles: when they still give
@@ -311,9 +305,6 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if coop && staged {
         let mut f = vec!["F16"];
-        if staged_f16in() {
-            f.push("F16IN");
-        }
         if w.parts.iter().all(|(_, p)| staged_big(rec.gpu, m, p.shape()[0])) {
             f.push("BIG");
         }

@@ -47,8 +47,6 @@ pub fn variants() -> Vec<PipelineKey> {
             v.push(PipelineKey::new(QGATHER, &base, &[]));
             if !act.is_empty() {
                 v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
-                let f: Vec<&'static str> = base.iter().copied().chain(["F16IN"]).collect();
-                v.push(PipelineKey::new(QGEMM_COOP, &f, &[]));
             }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 for fused in [&[][..], &["GLU"], &["NORM"], &["NORM", "GLU"]] {
@@ -95,10 +93,7 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     let key = if gemv {
         PipelineKey::new(if norm.is_some() { QGEMV_NORM } else { QGEMV }, &flags, &[("CPG", cpg)])
     } else if coop {
-        let mut f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
-        if super::matmul::staged_f16in() {
-            f.push("F16IN");
-        }
+        let f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
         PipelineKey::new(QGEMM_COOP, &f, &[])
     } else {
         PipelineKey::new(QGEMM, &flags, &[])
