@@ -16,5 +16,6 @@ struct AttnParams {
     scale: f32,
     splits: u32,
     split_len: u32,
-    _pad: u32,
+    // Flag ROPE: rows of the KV cache (the new row is dropped past it).
+    kv_cap: u32,
 }
