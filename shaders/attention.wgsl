@@ -10,12 +10,6 @@
 // of valid kv rows]; storage, so a recorded decode step can be replayed at a new position.
 // Causal: query i sees keys j <= seq[0] + i. Flags: HD32 / HD64 / HD128 (head dim), F16, SPLIT.
 //
-// Flag ROPE (with SPLIT; one causal query row, decode): rope_kv fused in, saving a dispatch per
-// layer. q is the unrotated fused q | k | v row (k and v heads follow the q heads), rotated here
-// as rope.wgsl does; the new token's key and value (position seq[0], the last visible key) come
-// from that row, not from the cache, and one workgroup per kv head stores them into cache row
-// seq[0]. The cache is one read-write binding that the k and v views index.
-//
 // Flag RELPOS: SAM's windowed attention with decomposed relative-position bias instead (see
 // `attention_rel` below; not combined with the flags above except HD32 / HD64 and F16).
 
@@ -429,58 +423,8 @@ fn visible_keys(i: u32) -> u32 {
 
 #ifndef COMBINE
 @group(0) @binding(2) var<storage, read> q: array<T>;
-#ifdef ROPE
-@group(0) @binding(3) var<storage, read_write> kv: array<vec4<T>>;
-@group(0) @binding(4) var<storage, read> inv_freq: array<f32>;
-
-#include sincos
-
-// Element d of the head at q[b..b + D] rotated to position pos, rounded to T as rope.wgsl stores it.
-fn rot1(b: u32, d: u32, pos: u32) -> T {
-    let i = d % (D / 2u);
-    let sc = sincos(f32(pos) * inv_freq[i]);
-    let x1 = f32(q[b + i]);
-    let x2 = f32(q[b + i + D / 2u]);
-    if (d < D / 2u) {
-        return T(x1 * sc.y - x2 * sc.x);
-    }
-    return T(x2 * sc.y + x1 * sc.x);
-}
-
-fn rot4(b: u32, c: u32, pos: u32) -> vec4<T> {
-    return vec4<T>(rot1(b, 4u * c, pos), rot1(b, 4u * c + 1u, pos), rot1(b, 4u * c + 2u, pos), rot1(b, 4u * c + 3u, pos));
-}
-
-// The new token's rotated key and its value, standing in for cache row seq[0].
-var<workgroup> k_new: array<vec4<f32>, D4>;
-var<workgroup> v_new: array<vec4<f32>, D4>;
-
-// Vec4 `c` of key `key` (at `at` in the cache).
-fn key4(key: u32, pos: u32, at: u32, c: u32) -> vec4<f32> {
-    if (key == pos) {
-        return k_new[c];
-    }
-    return vec4<f32>(kv[at]);
-}
-
-fn value4(key: u32, pos: u32, at: u32, c: u32) -> vec4<f32> {
-    if (key == pos) {
-        return v_new[c];
-    }
-    return vec4<f32>(kv[at]);
-}
-#else
 @group(0) @binding(3) var<storage, read> k: array<vec4<T>>;
 @group(0) @binding(4) var<storage, read> v: array<vec4<T>>;
-
-fn key4(key: u32, pos: u32, at: u32, c: u32) -> vec4<f32> {
-    return vec4<f32>(k[at]);
-}
-
-fn value4(key: u32, pos: u32, at: u32, c: u32) -> vec4<f32> {
-    return vec4<f32>(v[at]);
-}
-#endif
 #ifdef SPLIT
 // Per (row, head, split): D accumulator values, then the running max and sum.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
@@ -501,28 +445,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let kend = min(visible_keys(i), (wid.z + 1u) * p.split_len);
     let kstart = wid.z * p.split_len;
     let qb = p.q_off + i * p.q_stride + h * D;
-    let pos = seq[0] + i;
-#ifdef ROPE
-    if (t < D4) {
-        let kb = p.q_off + i * p.q_stride + (p.heads + kvh) * D;
-        let vb = kb + p.kv_heads * D + 4u * t;
-        let qr = rot4(qb, t, pos);
-        let kr = rot4(kb, t, pos);
-        let vr = vec4<T>(q[vb], q[vb + 1u], q[vb + 2u], q[vb + 3u]);
-        qs[t] = vec4<f32>(qr) * p.scale;
-        k_new[t] = vec4<f32>(kr);
-        v_new[t] = vec4<f32>(vr);
-        // Stored once per kv head: by the split holding pos, for the group's first q head.
-        if (h % (p.heads / p.kv_heads) == 0u && wid.z == pos / p.split_len && pos < p.kv_cap) {
-            kv[p.k_off4 + pos * p.k_stride4 + kvh * D4 + t] = kr;
-            kv[p.v_off4 + pos * p.v_stride4 + kvh * D4 + t] = vr;
-        }
-    }
-#else
     if (t < D4) {
         qs[t] = vec4<f32>(f32(q[qb + 4u * t]), f32(q[qb + 4u * t + 1u]), f32(q[qb + 4u * t + 2u]), f32(q[qb + 4u * t + 3u])) * p.scale;
     }
-#endif
     workgroupBarrier();
     let col = t % D4;
     let kp = t / D4;
@@ -537,7 +462,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             let kb = p.k_off4 + key * p.k_stride4 + kvh * D4;
             var dv = 0.0;
             for (var d = 0u; d < D4; d++) {
-                dv += dot(qs[d], key4(key, pos, kb + d, d));
+                dv += dot(qs[d], vec4<f32>(k[kb + d]));
             }
             s = dv;
         }
@@ -561,7 +486,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         run_sum += tile_sum;
         let n = min(TILE, kend - t0);
         for (var j = kp; j < n; j += KP) {
-            acc += ps[j] * value4(t0 + j, pos, p.v_off4 + (t0 + j) * p.v_stride4 + kvh * D4 + col, col);
+            acc += ps[j] * vec4<f32>(v[p.v_off4 + (t0 + j) * p.v_stride4 + kvh * D4 + col]);
         }
     }
     // The KP threads of each column add up their shares.

@@ -16,6 +16,5 @@ struct AttnParams {
     scale: f32,
     splits: u32,
     split_len: u32,
-    // Flag ROPE: rows of the KV cache (the new row is dropped past it).
-    kv_cap: u32,
+    _pad: u32,
 }

@@ -25,7 +25,6 @@ kernel_tests!(
     check_rope_kv,
     check_attention_vit,
     check_attention_causal,
-    check_attention_rope_decode,
     check_attention_rel_pos,
     check_resize_bicubic,
     check_resize_aa_bilinear,

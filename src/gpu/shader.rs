@@ -46,7 +46,6 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),
     ("qdecode", include_str!("../../shaders/qdecode.wgsl")),
-    ("sincos", include_str!("../../shaders/sincos.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

@@ -7,7 +7,7 @@ use super::siglip::apply;
 use super::weights::LlmWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::ops::attention::{attention, attention_rope_decode, rope_decode_fits, AttnShape};
+use crate::ops::attention::{attention, AttnShape};
 use crate::ops::matmul::{rms_linear, rms_linear_glu, Act, Epilogue};
 use crate::ops::rope::{inv_freq, rope_kv};
 use crate::ops::Rows;
@@ -83,14 +83,9 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
         let kv = &cache.kv[l];
         // x += o(attn(rope(q), rope(k), v)) over norm(x); k and v are appended to the cache.
         rms_linear(rec, &xr, &lw.input_norm, eps, &lw.qkv.w, Epilogue::default(), &Rows::all(&qkv), &hr)?;
-        if rope_decode_fits(m, shape, kv.shape()[0]) {
-            // Decode: the rotation and the cache append happen inside the split attention.
-            attention_rope_decode(rec, &Rows::all(&qkv), kv, &c.inv_freq, &Rows::all(&a), shape, seq)?;
-        } else {
-            // q's and k's heads are adjacent: one rotation over both, appending k | v to the cache.
-            rope_kv(rec, &Rows::all(&qkv), cfg.heads, cfg.kv_heads, hd, &c.inv_freq, seq, kv)?;
-            attention(rec, &Rows::cols(&qkv, 0, qw), &Rows::cols(kv, 0, kvw), &Rows::cols(kv, kvw, kvw), &Rows::all(&a), shape, seq)?;
-        }
+        // q's and k's heads are adjacent: one rotation over both, appending k | v to the cache.
+        rope_kv(rec, &Rows::all(&qkv), cfg.heads, cfg.kv_heads, hd, &c.inv_freq, seq, kv)?;
+        attention(rec, &Rows::cols(&qkv, 0, qw), &Rows::cols(kv, 0, kvw), &Rows::cols(kv, kvw, kvw), &Rows::all(&a), shape, seq)?;
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
         // x += down(silu(gate(h)) * up(h)), h = norm(x): one GEMV for decode rows.
         rms_linear_glu(rec, &xr, &lw.post_norm, eps, &lw.gate_up.w, &Rows::all(&s), &hr, &Rows::all(&gate_up))?;

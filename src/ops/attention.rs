@@ -14,7 +14,7 @@ use crate::params_struct;
 
 params_struct!(AttnParams("AttnParams") {
     m: u32, heads: u32, kv_heads: u32, causal: u32, q_off: u32, q_stride: u32, k_off4: u32, k_stride4: u32,
-    v_off4: u32, v_stride4: u32, o_off: u32, o_stride: u32, scale: f32, splits: u32, split_len: u32, kv_cap: u32,
+    v_off4: u32, v_stride4: u32, o_off: u32, o_stride: u32, scale: f32, splits: u32, split_len: u32, _pad: u32,
 });
 
 params_struct!(RelAttnParams("RelAttnParams") {
@@ -27,11 +27,6 @@ const ATTN: Kernel = Kernel { shader: "attention", entry: "attention", binds: BI
 const COMBINE: Kernel = Kernel { shader: "attention", entry: "attn_combine", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite] };
 /// Split attention of 128-wide heads on 32-wide subgroups (decode), `shaders/attention_decode.wgsl`.
 const DECODE: Kernel = Kernel { shader: "attention_decode", entry: "attn_decode", binds: BINDS };
-/// Flag ROPE (`attention_rope_decode`): seq, the q | k | v row, the cache (read-write: it is
-/// also written), inv_freq, the partials.
-const ROPE_BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read, Bind::ReadWrite];
-const ATTN_ROPE: Kernel = Kernel { shader: "attention", entry: "attention", binds: ROPE_BINDS };
-const DECODE_ROPE: Kernel = Kernel { shader: "attention_decode", entry: "attn_decode", binds: ROPE_BINDS };
 const REL: Kernel = Kernel { shader: "attention", entry: "attention_rel", binds: BINDS };
 const REL_BIAS: Kernel =
     Kernel { shader: "attention", entry: "attn_rel_bias", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite] };
@@ -53,16 +48,12 @@ pub fn variants() -> Vec<PipelineKey> {
             let mut split = base.clone();
             split.push("SPLIT");
             v.push(PipelineKey::new(ATTN, &split, &[]));
-            split.push("ROPE");
-            v.push(PipelineKey::new(ATTN_ROPE, &split, &[]));
             let mut comb = base.clone();
             comb.push("COMBINE");
             v.push(PipelineKey::new(COMBINE, &comb, &[]));
             if hd == "HD128" {
                 let f: &[&str] = if f16 { &["F16", "SUBGROUPS"] } else { &["SUBGROUPS"] };
                 v.push(PipelineKey::new(DECODE, f, &[]));
-                let f: &[&str] = if f16 { &["F16", "SUBGROUPS", "ROPE"] } else { &["SUBGROUPS", "ROPE"] };
-                v.push(PipelineKey::new(DECODE_ROPE, f, &[]));
             }
             if hd != "HD128" {
                 let mut rel = base.clone();
@@ -104,35 +95,6 @@ fn split_plan(rows: usize, heads: usize, kv_rows: usize) -> (usize, usize) {
     let tiles = kv_rows.div_ceil(TILE).max(1);
     let splits = TARGET_WORKGROUPS.div_ceil(rows * heads).clamp(1, tiles.min(MAX_SPLITS));
     (splits, tiles.div_ceil(splits) * TILE)
-}
-
-/// The split kernels' parameters for these views.
-fn attn_params(q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, (splits, split_len): (usize, usize)) -> AttnParams {
-    AttnParams {
-        m: q.rows as u32,
-        heads: s.heads as u32,
-        kv_heads: s.kv_heads as u32,
-        causal: s.causal as u32,
-        q_off: q.off as u32,
-        q_stride: q.stride as u32,
-        k_off4: (k.off / 4) as u32,
-        k_stride4: (k.stride / 4) as u32,
-        v_off4: (v.off / 4) as u32,
-        v_stride4: (v.stride / 4) as u32,
-        o_off: o.off as u32,
-        o_stride: o.stride as u32,
-        scale: s.scale,
-        splits: splits as u32,
-        split_len: split_len as u32,
-        kv_cap: k.rows as u32,
-    }
-}
-
-/// Whether split attention of this head dim runs `attention_decode.wgsl` (32-wide subgroups)
-/// rather than the portable SPLIT kernel.
-fn decode_kernel(gpu: &Gpu, head_dim: usize) -> bool {
-    let caps = &gpu.caps;
-    head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32
 }
 
 /// o = softmax(q k^T * scale [+ causal mask]) v per head. `k` and `v` hold every key row the
@@ -181,7 +143,24 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         return causal_tiled(rec, q, k, v, o, s, seq);
     }
     let (splits, split_len) = split_plan(q.rows, s.heads, k.rows);
-    let params = attn_params(q, k, v, o, s, (splits, split_len));
+    let params = AttnParams {
+        m: q.rows as u32,
+        heads: s.heads as u32,
+        kv_heads: s.kv_heads as u32,
+        causal: s.causal as u32,
+        q_off: q.off as u32,
+        q_stride: q.stride as u32,
+        k_off4: (k.off / 4) as u32,
+        k_stride4: (k.stride / 4) as u32,
+        v_off4: (v.off / 4) as u32,
+        v_stride4: (v.stride / 4) as u32,
+        o_off: o.off as u32,
+        o_stride: o.stride as u32,
+        scale: s.scale,
+        splits: splits as u32,
+        split_len: split_len as u32,
+        _pad: 0,
+    };
     let mut flags = act_flags(op, dt)?.to_vec();
     flags.push(hd_flag);
     let wg = [q.rows as u32, s.heads as u32, splits as u32];
@@ -189,7 +168,8 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
     }
     let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
-    if decode_kernel(rec.gpu, s.head_dim) {
+    let caps = &rec.gpu.caps;
+    if s.head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         let mut f = act_flags(op, dt)?.to_vec();
         f.push("SUBGROUPS");
         rec.dispatch(&PipelineKey::new(DECODE, &f, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
@@ -200,76 +180,6 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     }
     flags.push("COMBINE");
     rec.dispatch(&PipelineKey::new(COMBINE, &flags, &[]), &params, &[seq, &part, o.t], [q.rows as u32, s.heads as u32, 1])
-}
-
-/// Whether `attention_rope_decode` takes `rows` causal query rows over a KV cache of
-/// `cache_rows`: one row (decode) for which `attention` would split the keys.
-pub fn rope_decode_fits(rows: usize, s: AttnShape, cache_rows: usize) -> bool {
-    rows == 1 && s.causal && matches!(s.head_dim, 32 | 64 | 128) && split_plan(1, s.heads, cache_rows).0 > 1
-}
-
-/// A decode step's `rope::rope_kv` and `attention` in the split kernel (then `attn_combine`):
-/// one dispatch fewer. `qkv` is the new token's unrotated fused row (heads q heads, kv_heads k
-/// heads, then kv_heads v heads, of head_dim each); q and k are rotated to position seq[0]
-/// inside the kernel, the new key and value are attended to from there and stored into row
-/// seq[0] of `cache` ([capacity, 2 * kv_heads * head_dim], rows k | v; dropped past the
-/// capacity). `seq` = [pos, pos + 1]; `qkv` is left unrotated. Needs `rope_decode_fits`.
-pub fn attention_rope_decode(rec: &mut Recorder, qkv: &Rows, cache: &Tensor, inv_freq: &Tensor, o: &Rows, s: AttnShape, seq: &Tensor) -> Result<()> {
-    let op = "attention_rope_decode";
-    qkv.check(op)?;
-    o.check(op)?;
-    let d = s.head_dim;
-    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
-        return Err(shape_err(op, format!("{} heads not divisible into {} kv heads", s.heads, s.kv_heads)));
-    }
-    let (qw, kvw) = (s.heads * d, s.kv_heads * d);
-    if qkv.cols != qw + 2 * kvw || o.cols != qw || o.rows != qkv.rows {
-        return Err(shape_err(op, format!("qkv {}x{} / o {}x{} for {}+2x{} heads of {d}", qkv.rows, qkv.cols, o.rows, o.cols, s.heads, s.kv_heads)));
-    }
-    let &[cap, ccols] = cache.shape() else {
-        return Err(shape_err(op, format!("cache {:?} must be a matrix", cache.shape())));
-    };
-    if ccols != 2 * kvw {
-        return Err(shape_err(op, format!("cache {:?} for rows of k | v {kvw} wide", cache.shape())));
-    }
-    if !rope_decode_fits(qkv.rows, s, cap) {
-        return Err(shape_err(op, format!("{} rows over {cap} cached keys do not take the split kernel (use rope_kv and attention)", qkv.rows)));
-    }
-    if seq.dtype() != DType::U32 || seq.len() < 2 || inv_freq.dtype() != DType::F32 || inv_freq.len() != d / 2 {
-        return Err(shape_err(op, format!("seq {:?} {} / inv_freq {:?} {} for head dim {d}", seq.shape(), seq.dtype(), inv_freq.shape(), inv_freq.dtype())));
-    }
-    let dt = qkv.t.dtype();
-    super::same_dtype(op, dt, &[cache, o.t])?;
-    if qkv.t.same_buffer(cache) || [qkv.t, cache].iter().any(|t| t.same_buffer(o.t)) {
-        return Err(shape_err(op, "qkv, cache and output must be separate buffers".into()));
-    }
-    let (k, v) = (Rows::cols(cache, 0, kvw), Rows::cols(cache, kvw, kvw));
-    let plan = split_plan(1, s.heads, cap);
-    let params = attn_params(qkv, &k, &v, o, s, plan);
-    let part = Tensor::empty(rec.gpu, &[s.heads * plan.0 * (d + 2)], DType::F32)?;
-    let mut flags = act_flags(op, dt)?.to_vec();
-    let kernel = if decode_kernel(rec.gpu, d) {
-        flags.push("SUBGROUPS");
-        DECODE_ROPE
-    } else {
-        flags.extend([hd_flag(d), "SPLIT"]);
-        ATTN_ROPE
-    };
-    flags.push("ROPE");
-    let wg = [1, s.heads as u32, plan.0 as u32];
-    rec.dispatch(&PipelineKey::new(kernel, &flags, &[]), &params, &[seq, qkv.t, cache, inv_freq, &part], wg)?;
-    let mut comb = act_flags(op, dt)?.to_vec();
-    comb.extend([hd_flag(d), "COMBINE"]);
-    rec.dispatch(&PipelineKey::new(COMBINE, &comb, &[]), &params, &[seq, &part, o.t], [1, s.heads as u32, 1])
-}
-
-/// The flag of a head dim already checked to be 32, 64 or 128.
-fn hd_flag(d: usize) -> &'static str {
-    match d {
-        32 => "HD32",
-        64 => "HD64",
-        _ => "HD128",
-    }
 }
 
 /// SAM's decomposed relative position tables for a (gh, gw) grid of tokens.
@@ -529,81 +439,6 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
-/// `attention_rope_decode` on whichever split kernel the adapter takes, at the first key, both
-/// sides of a split boundary, mid-cache (later splits empty), the last cache row and one past
-/// it (the store is dropped), with and without GQA: the output against the f64 reference over
-/// CPU-rotated q and k, cache row pos against the rotated key and the value, every other row
-/// unchanged, and the output against the unfused rope_kv + attention.
-async fn check_attention_rope_decode(gpu: &Gpu) -> CheckResult {
-    use super::rope::{inv_freq, reference as rope_ref, rope_kv};
-    let mut rng = Rng::new(44);
-    let mut worst = 0.0f64;
-    let mut vs_unfused = 0.0f64;
-    let cap = 300;
-    for dt in check::act_dtypes(gpu) {
-        for (heads, kvh, d) in [(4, 2, 128), (2, 2, 128), (4, 2, 64)] {
-            let s = AttnShape { heads, kv_heads: kvh, head_dim: d, scale: (d as f32).powf(-0.5), causal: true };
-            let (qw, kvw) = (heads * d, kvh * d);
-            let width = qw + 2 * kvw;
-            if !rope_decode_fits(1, s, cap) || split_plan(1, heads, cap) != (5, 64) {
-                return Err(format!("{cap} cached keys no longer give 5 splits of 64 at {heads} heads").into());
-            }
-            let inv = Tensor::from_f32(gpu, &[d / 2], DType::F32, &inv_freq(d, 10000.0))?;
-            for pos in [0usize, 63, 64, 130, 299, 300] {
-                let qkv = check::round_to(dt, &rng.normals(width, 1.0));
-                let init = check::round_to(dt, &rng.normals(cap * 2 * kvw, 1.0));
-                let qkv_t = Tensor::from_f32(gpu, &[1, width], dt, &qkv)?;
-                let cache = Tensor::from_f32(gpu, &[cap, 2 * kvw], dt, &init)?;
-                let o = poisoned(gpu, &[1, qw], dt)?;
-                let seq = Tensor::from_u32(gpu, &[2], &[pos as u32, pos as u32 + 1])?;
-                let mut rec = Recorder::new(gpu);
-                attention_rope_decode(&mut rec, &Rows::all(&qkv_t), &cache, &inv, &Rows::all(&o), s, &seq)?;
-                rec.finish()?.run(gpu).await?;
-                // q and k rotated on the CPU and rounded to the activation type, as the kernel stores them.
-                let rot = rope_ref(&qkv[..qw + kvw], 1, heads + kvh, d, 10000.0, pos);
-                let rot_t = check::round_to(dt, &rot.iter().map(|&x| x as f32).collect::<Vec<_>>());
-                let (mut k, mut v) = (Vec::with_capacity((pos + 1) * kvw), Vec::with_capacity((pos + 1) * kvw));
-                for r in 0..pos {
-                    k.extend_from_slice(&init[r * 2 * kvw..][..kvw]);
-                    v.extend_from_slice(&init[r * 2 * kvw + kvw..][..kvw]);
-                }
-                k.extend_from_slice(&rot_t[qw..]);
-                v.extend_from_slice(&qkv[qw + kvw..]);
-                let what = format!("attention_rope_decode {dt} h={heads}/{kvh} d={d} @{pos}");
-                let want = reference(&rot_t[..qw], &k, &v, 1, pos + 1, s, pos);
-                let got = gpu.read_f32(&o).await?;
-                let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 3e-3 } } else { Tol { abs: 2e-6, rel: 2e-5 } };
-                worst = worst.max(compare(&what, &got, &want, tol)?);
-                let got_c = gpu.read_f32(&cache).await?;
-                for r in (0..cap).filter(|&r| r != pos) {
-                    if got_c[r * 2 * kvw..][..2 * kvw] != init[r * 2 * kvw..][..2 * kvw] {
-                        return Err(format!("{what}: cache row {r} changed").into());
-                    }
-                }
-                if pos < cap {
-                    let want_row: Vec<f64> = rot[qw..].iter().copied().chain(qkv[qw + kvw..].iter().map(|&x| x as f64)).collect();
-                    let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 2e-3 } } else { Tol { abs: 2e-6, rel: 1e-6 } };
-                    worst = worst.max(compare(&format!("{what} cache row"), &got_c[pos * 2 * kvw..][..2 * kvw], &want_row, tol)?);
-                    // The unfused path reads the row the fused one stored, so it needs pos < cap.
-                    let qkv2 = Tensor::from_f32(gpu, &[1, width], dt, &qkv)?;
-                    let cache2 = Tensor::from_f32(gpu, &[cap, 2 * kvw], dt, &init)?;
-                    let o2 = poisoned(gpu, &[1, qw], dt)?;
-                    let mut rec = Recorder::new(gpu);
-                    rope_kv(&mut rec, &Rows::all(&qkv2), heads, kvh, d, &inv, &seq, &cache2)?;
-                    attention(&mut rec, &Rows::cols(&qkv2, 0, qw), &Rows::cols(&cache2, 0, kvw), &Rows::cols(&cache2, kvw, kvw), &Rows::all(&o2), s, &seq)?;
-                    rec.finish()?.run(gpu).await?;
-                    let unfused: Vec<f64> = gpu.read_f32(&o2).await?.iter().map(|&x| x as f64).collect();
-                    vs_unfused = vs_unfused.max(compare(&format!("{what} vs unfused"), &got, &unfused, tol)?);
-                    let cache_unfused: Vec<f64> = gpu.read_f32(&cache2).await?.iter().map(|&x| x as f64).collect();
-                    vs_unfused = vs_unfused.max(compare(&format!("{what} cache vs unfused"), &got_c, &cache_unfused, tol)?);
-                }
-            }
-        }
-    }
-    let path = if decode_kernel(gpu, 128) { "attn_decode (subgroups) at d=128, portable SPLIT at d=64" } else { "portable SPLIT kernel" };
-    Ok(format!("{path}; max abs err {worst:.2e}, max |fused - unfused| {vs_unfused:.2e}"))
-}
-
 /// f64 reference of `attention_rel_pos`, straight from its definition: q [rows, heads*d],
 /// k and v [rows, kv_heads*d], rh [2gh-1, d], rw [2gw-1, d].
 #[allow(clippy::too_many_arguments)]
@@ -717,4 +552,4 @@ async fn check_attention_tiled(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
-crate::checks!(check_attention_vit, check_attention_causal, check_attention_rel_pos, check_attention_tiled, check_attention_rope_decode);
+crate::checks!(check_attention_vit, check_attention_causal, check_attention_rel_pos, check_attention_tiled);
