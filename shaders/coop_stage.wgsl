@@ -1,12 +1,7 @@
 // The staged tensor-core GEMMs' shared pieces (matmul_coop_staged.wgsl, qmatmul_coop.wgsl): tile
 // shape, the two-stage operand tiles in workgroup memory, the x tile's loads and stores, and the
 // epilogue of one 16x16 result. Needs `p` (m, k, x_off, x_stride, n), `x8` and `finish`.
-// Flag BIG: 128-row tiles (4 subgroups of 64x64).
-#ifdef BIG
-const BM: u32 = 128u;
-#else
 const BM: u32 = 64u;
-#endif
 const BN: u32 = 128u;
 const BK: u32 = 32u;
 // Row pitch of the staged tiles in f16: 8 more than BK keeps rows on different banks.

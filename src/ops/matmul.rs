@@ -27,8 +27,6 @@ const GEMM_COOP: Kernel = Kernel { shader: "matmul_coop", entry: "gemm_coop", bi
 const GEMM_COOP_STAGED: Kernel = Kernel { shader: "matmul_coop_staged", entry: "gemm_coop_staged", binds: GEMM.binds };
 /// Workgroup memory the staged kernel declares: two stages of 64 + 128 rows of 40 f16, and 4 KiB of results.
 const STAGED_WG_BYTES: u32 = (2 * (64 + 128) * 40) * 2 + 4096;
-/// The same with BIG's 128-row x tiles.
-const STAGED_BIG_WG_BYTES: u32 = (2 * (128 + 128) * 40) * 2 + 4096;
 
 /// Rows up to which the GEMV kernel is used (its per-workgroup row capacity).
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -74,9 +72,7 @@ pub fn variants() -> Vec<PipelineKey> {
         }
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
-    for f in [&["F16"][..], &["F16", "BIG"]] {
-        v.push(PipelineKey::new(GEMM_COOP_STAGED, f, &[]));
-    }
+    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[]));
     v
 }
 
@@ -84,13 +80,6 @@ pub fn variants() -> Vec<PipelineKey> {
 /// gives the workgroup memory, unless `DSVL_COOP_STAGED=0` (the direct-load kernel, for comparison).
 pub(crate) fn coop_staged(gpu: &Gpu) -> bool {
     gpu.caps.max_workgroup_storage >= STAGED_WG_BYTES && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
-}
-
-/// Whether the dense staged GEMM of an m x n product takes 128x128 tiles: when they still give
-/// at least `DSVL_COOP_BIG` of them (default 200; 0 turns BIG off), so the GPU stays full.
-fn staged_big(gpu: &Gpu, m: usize, n: usize) -> bool {
-    let min_tiles = std::env::var("DSVL_COOP_BIG").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(200);
-    min_tiles > 0 && gpu.caps.max_workgroup_storage >= STAGED_BIG_WG_BYTES && m.div_ceil(128) * n.div_ceil(128) >= min_tiles
 }
 
 /// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop
@@ -304,11 +293,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if coop && staged {
-        let mut f = vec!["F16"];
-        if w.parts.iter().all(|(_, p)| staged_big(rec.gpu, m, p.shape()[0])) {
-            f.push("BIG");
-        }
-        PipelineKey::new(GEMM_COOP_STAGED, &f, &[])
+        PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[])
     } else if coop {
         PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
     } else {
@@ -335,8 +320,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         let wg = if gemv {
             gemv_groups(rec.gpu, pn, tuning.0, m)
         } else if coop && staged {
-            let bm = if key.flags.contains(&"BIG") { 128 } else { 64 };
-            [(pn as u32).div_ceil(128), (m as u32).div_ceil(bm), 1]
+            [(pn as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
         } else if coop {
             [(pn as u32).div_ceil(32 * coop_tuning().0), (m as u32).div_ceil(64), 1]
         } else {
