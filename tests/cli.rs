@@ -114,6 +114,8 @@ fn quantize_then_run_and_report() {
     let out_dir = std::env::temp_dir().join(format!("dsvl-cli-q4-{}", std::process::id()));
     let out = dsvl(&["quantize", "--model", fx, "--quant", "q4", "--out", out_dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An adapter is there (the tests need one): the GPU quantises, and says so.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quantised on the GPU"), "{}", String::from_utf8_lossy(&out.stdout));
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
         assert!(out_dir.join(f).is_file(), "{f} missing from the quantised folder");
     }

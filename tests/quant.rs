@@ -12,6 +12,7 @@ use dsvl_gpu::gpu::DType;
 use dsvl_gpu::model::safetensors::TensorSource;
 use dsvl_gpu::model::ModelConfig;
 use dsvl_gpu::quant::report::{compare, Case};
+use dsvl_gpu::quant::load::{QuantOn, Quantiser};
 use dsvl_gpu::quant::{Format, Recipe};
 
 fn fixture(name: &str) -> PathBuf {
@@ -73,7 +74,7 @@ fn quantize_to(src_dir: &Path, recipe: &Recipe, tag: &str) -> PathBuf {
     let cfg = config(src_dir);
     let src = TensorSource::open_dir(src_dir).unwrap();
     let mut last = (0, 0);
-    let bytes = dsvl_gpu::quant::file::quantize_checkpoint(&cfg, &src, recipe, &mut |d, t| last = (d, t)).unwrap();
+    let bytes = pollster::block_on(dsvl_gpu::quant::file::quantize_checkpoint(&cfg, &src, recipe, None, &mut |d, t| last = (d, t))).unwrap();
     assert!(last.0 == last.1 && last.1 > 0, "progress {last:?}");
     let out = std::env::temp_dir().join(format!("dsvl-quant-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
@@ -120,6 +121,26 @@ fn quantised_checkpoints_load_to_the_same_logits() {
         assert_eq!((got_formats, got_stats), (want_formats, want_stats), "{fx}");
         assert_eq!(got, want, "{fx}: logits from the quantised folder");
         std::fs::remove_dir_all(out).ok();
+    }
+}
+
+/// `dsvl-gpu quantize` on the GPU writes the same file, byte for byte, as on the CPU (the GPU
+/// quantiser is the CPU twin's bit-identical port), for int4 with offsets and for int8.
+#[test]
+fn quantize_on_the_gpu_writes_the_cpu_file() {
+    let gpu = common::gpu();
+    for (fx, recipe) in [("tiny-orig", "q4"), ("tiny-hf", "mixed")] {
+        let dir = fixture(fx);
+        let recipe = Recipe::parse(recipe).unwrap();
+        let (cfg, src) = (config(&dir), TensorSource::open_dir(&dir).unwrap());
+        let cpu = pollster::block_on(dsvl_gpu::quant::file::quantize_checkpoint(&cfg, &src, &recipe, None, &mut |_, _| {})).unwrap();
+        let mut q = Quantiser::new(QuantOn::Gpu);
+        let mut last = (0, 0);
+        let on_gpu = pollster::block_on(dsvl_gpu::quant::file::quantize_checkpoint(&cfg, &src, &recipe, Some((gpu, &mut q)), &mut |d, t| last = (d, t))).unwrap();
+        assert!(last.0 == last.1 && last.1 > 0, "progress {last:?}");
+        assert_eq!(q.on(), QuantOn::Gpu, "{fx}: fell back to the CPU: {:?}", q.note());
+        assert_eq!(on_gpu.len(), cpu.len(), "{fx}");
+        assert!(on_gpu == cpu, "{fx}: the GPU's file differs from the CPU's");
     }
 }
 

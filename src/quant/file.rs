@@ -7,8 +7,10 @@ use std::borrow::Cow;
 
 use half::{bf16, f16};
 
+use super::load::Quantiser;
 use super::{Format, Packed, QFormat, Recipe};
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::safetensors::{serialize, TensorSource};
 use crate::ops::convert::Source;
@@ -102,8 +104,15 @@ type Entry<'a> = (String, Source, Vec<usize>, Cow<'a, [u8]>);
 /// A quantised checkpoint of every tensor the model uses: matrices in `recipe`'s quantised
 /// formats become codes and scales; the rest (and matrices with a dense format) keep the
 /// checkpoint's bytes. Weights already quantised are copied as they are. `progress` receives
-/// (tensors done, tensors total).
-pub fn quantize_checkpoint(cfg: &ModelConfig, src: &TensorSource, recipe: &Recipe, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<u8>> {
+/// (tensors done, tensors total). With `gpu`, matrices are quantised there (bit-identical to
+/// the CPU twins; the `Quantiser` moves to the CPU if a probe says otherwise) and read back.
+pub async fn quantize_checkpoint(
+    cfg: &ModelConfig,
+    src: &TensorSource,
+    recipe: &Recipe,
+    mut gpu: Option<(&Gpu, &mut Quantiser)>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<u8>> {
     let plan = crate::model::weights::plan(cfg, src);
     // Tensors kept as they are borrow the checkpoint's bytes; only codes and scales are new.
     let mut owned: Vec<Entry> = Vec::new();
@@ -124,8 +133,16 @@ pub fn quantize_checkpoint(cfg: &ModelConfig, src: &TensorSource, recipe: &Recip
             }
             Some((part, rows, cols)) => match recipe.get(part) {
                 Format::Q(fmt) => {
-                    let (t, b, file) = src.need(name)?;
-                    let p = quantize_bytes(fmt, t.dtype, b, rows, cols).map_err(|e| werr(file, name, e.to_string()))?;
+                    let p = match gpu.as_mut() {
+                        Some((g, q)) => {
+                            let m = q.quantise(g, src, &[(name, rows)], cols, fmt, &mut |_, _| {}).await?;
+                            crate::ops::quantise::read_back(g, &m).await?
+                        }
+                        None => {
+                            let (t, b, file) = src.need(name)?;
+                            quantize_bytes(fmt, t.dtype, b, rows, cols).map_err(|e| werr(file, name, e.to_string()))?
+                        }
+                    };
                     let l = p.layout();
                     owned.push((format!("{name}{CODES}"), Source::U32, vec![rows, l.row_words], Cow::Owned(bytemuck::cast_slice(&p.codes).to_vec())));
                     owned.push((format!("{name}{SCALES}"), Source::F16, vec![rows, l.row_scales], Cow::Owned(bytemuck::cast_slice(&p.scales).to_vec())));

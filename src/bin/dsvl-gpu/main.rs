@@ -95,7 +95,11 @@ fn run() -> Result<()> {
         Cmd::Chat(args) => chat::chat(&open, args)?,
         Cmd::Bench(args) => bench::bench(&open()?, args)?,
         Cmd::Selftest => selftest::selftest(&open()?)?,
-        Cmd::Quantize(args) => quant::quantize(args)?,
+        Cmd::Quantize(args) => {
+            // Without an adapter the CPU quantises (the same codes), saying why.
+            let gpu = open().map_err(|e| eprintln!("note: {e:#}; quantising on the CPU")).ok();
+            quant::quantize(gpu.as_ref(), args)?
+        }
         Cmd::QuantReport(args) => quant::report(&open()?, args)?,
         Cmd::Info => {
             let all = pollster::block_on(Gpu::list_adapters());

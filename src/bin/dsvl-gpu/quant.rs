@@ -10,6 +10,7 @@ use dsvl_gpu::model::safetensors::TensorSource;
 use dsvl_gpu::model::ModelConfig;
 use dsvl_gpu::prompt::{encode, Conversation, PromptTokenizer, DEFAULT_SYSTEM_PROMPT};
 use dsvl_gpu::quant::report::{compare, Case};
+use dsvl_gpu::quant::load::{QuantOn, Quantiser};
 use dsvl_gpu::quant::{file, measure, Format, Recipe};
 use dsvl_gpu::Gpu;
 
@@ -52,7 +53,8 @@ fn model_config(dir: &Path) -> Result<ModelConfig> {
     Ok(ModelConfig::from_dir_files(&config, read("preprocessor_config.json").as_deref(), read("processor_config.json").as_deref())?)
 }
 
-pub fn quantize(a: QuantizeArgs) -> Result<()> {
+/// Quantises on `gpu` when one opens (unless `DSVL_CPU_QUANT=1`), else on the CPU.
+pub fn quantize(gpu: Option<&Gpu>, a: QuantizeArgs) -> Result<()> {
     let recipe = Recipe::parse(&a.quant).map_err(|e| anyhow::anyhow!("--quant {}: {e}", a.quant))?;
     let dir = resolve_model(&a.model, false)?;
     if a.out.exists() && std::fs::canonicalize(&a.out)? == std::fs::canonicalize(&dir)? {
@@ -60,12 +62,19 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     }
     let cfg = model_config(&dir)?;
     let src = TensorSource::open_dir(&dir)?;
-    let bytes = file::quantize_checkpoint(&cfg, &src, &recipe, &mut |done, total| {
-        eprint!("\rquantising to {}: tensor {done} of {total}", recipe.name());
+    let gpu = gpu.filter(|_| QuantOn::from_env() == QuantOn::Gpu);
+    let mut quantiser = Quantiser::new(if gpu.is_some() { QuantOn::Gpu } else { QuantOn::Cpu });
+    let on = |q: &Quantiser| if q.on() == QuantOn::Gpu { "GPU" } else { "CPU" };
+    let label = format!("quantising to {} on the {}", recipe.name(), on(&quantiser));
+    let bytes = pollster::block_on(file::quantize_checkpoint(&cfg, &src, &recipe, gpu.map(|g| (g, &mut quantiser)), &mut |done, total| {
+        eprint!("\r{label}: tensor {done} of {total}");
         if done == total {
             eprintln!();
         }
-    })?;
+    }))?;
+    if let Some(note) = quantiser.note() {
+        eprintln!("note: {note}");
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // Everything beside the weights (config, tokenizer, processor files) is copied as it is.
     for entry in std::fs::read_dir(&dir)? {
@@ -79,7 +88,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     }
     let out = a.out.join("model.safetensors");
     std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {} ({:.1} MB, {})", out.display(), bytes.len() as f64 / 1e6, recipe.name());
+    println!("wrote {} ({:.1} MB, {}, quantised on the {})", out.display(), bytes.len() as f64 / 1e6, recipe.name(), on(&quantiser));
     Ok(())
 }
 
