@@ -56,7 +56,12 @@ async function fromUrl(base, ctx) {
     return new Uint8Array(await r.arrayBuffer());
   };
   const small = {};
-  const got = await Promise.all(SMALL.map((n, i) => get(n, i < 2)));
+  // Fetched together, but a failure is reported in SMALL's order (config.json first), not in
+  // the order the responses happen to arrive.
+  const settled = await Promise.allSettled(SMALL.map((n, i) => get(n, i < 2)));
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  const got = settled.map((r) => r.value);
   SMALL.forEach((n, i) => got[i] && (small[n] = got[i]));
   const names = shardNames(await get(INDEX, false));
   const cache = ctx.useCache ? await openCache() : null;
