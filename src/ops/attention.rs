@@ -389,6 +389,38 @@ async fn check_attention_vit(gpu: &Gpu) -> CheckResult {
     Ok(format!("max abs err {worst:.2e}"))
 }
 
+/// A causal attention case of the checks: m new rows at position `past` over a cache with 11
+/// spare rows, GQA; q, k and v random (rounded to `dt`) as (host values, tensor).
+pub(crate) struct CausalCase {
+    pub q: (Vec<f32>, Tensor),
+    pub k: (Vec<f32>, Tensor),
+    pub v: (Vec<f32>, Tensor),
+    pub o: Tensor,
+    pub seq: Tensor,
+    pub shape: AttnShape,
+    m: usize,
+    past: usize,
+}
+
+impl CausalCase {
+    pub(crate) fn new(gpu: &Gpu, rng: &mut Rng, dt: DType, (m, past, heads, kvh, d): (usize, usize, usize, usize, usize)) -> Result<CausalCase> {
+        let cap = past + m + 11;
+        let mut make = |rows: usize, cols: usize| -> Result<(Vec<f32>, Tensor)> {
+            let x = check::round_to(dt, &rng.normals(rows * cols, 1.0));
+            let t = Tensor::from_f32(gpu, &[rows, cols], dt, &x)?;
+            Ok((x, t))
+        };
+        let (q, k, v) = (make(m, heads * d)?, make(cap, kvh * d)?, make(cap, kvh * d)?);
+        let shape = AttnShape { heads, kv_heads: kvh, head_dim: d, scale: (d as f32).powf(-0.5), causal: true };
+        let seq = Tensor::from_u32(gpu, &[2], &[past as u32, (past + m) as u32])?;
+        Ok(CausalCase { q, k, v, o: poisoned(gpu, &[m, heads * d], dt)?, seq, shape, m, past })
+    }
+
+    pub(crate) fn reference(&self) -> Vec<f64> {
+        reference(&self.q.0, &self.k.0, &self.v.0, self.m, self.past + self.m, self.shape, self.past)
+    }
+}
+
 /// Causal over a KV cache with spare capacity: prefill of a block at an offset, GQA, and a
 /// decode step replayed at successive positions by rewriting `seq` only.
 async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
@@ -398,21 +430,12 @@ async fn check_attention_causal(gpu: &Gpu) -> CheckResult {
         // (new rows m, past, heads, kv_heads, d)
         // The last: a decode row over a cache of more than 2048 keys (many splits, then combined).
         for (m, past, heads, kvh, d) in [(1, 0, 1, 1, 128), (9, 0, 2, 2, 128), (70, 5, 4, 2, 64), (5, 130, 2, 1, 128), (12, 3, 1, 1, 32), (1, 2100, 2, 1, 128)] {
-            let cap = past + m + 11;
-            let (qw, kw) = (heads * d, kvh * d);
-            let q = check::round_to(dt, &rng.normals(m * qw, 1.0));
-            let k = check::round_to(dt, &rng.normals(cap * kw, 1.0));
-            let v = check::round_to(dt, &rng.normals(cap * kw, 1.0));
-            let (qt, kt, vt) = (Tensor::from_f32(gpu, &[m, qw], dt, &q)?, Tensor::from_f32(gpu, &[cap, kw], dt, &k)?, Tensor::from_f32(gpu, &[cap, kw], dt, &v)?);
-            let o = poisoned(gpu, &[m, qw], dt)?;
-            let kv_len = past + m;
-            let seq = Tensor::from_u32(gpu, &[2], &[past as u32, kv_len as u32])?;
-            let s = AttnShape { heads, kv_heads: kvh, head_dim: d, scale: (d as f32).powf(-0.5), causal: true };
+            let c = CausalCase::new(gpu, &mut rng, dt, (m, past, heads, kvh, d))?;
             let mut rec = Recorder::new(gpu);
-            attention(&mut rec, &Rows::all(&qt), &Rows::all(&kt), &Rows::all(&vt), &Rows::all(&o), s, &seq)?;
+            attention(&mut rec, &Rows::all(&c.q.1), &Rows::all(&c.k.1), &Rows::all(&c.v.1), &Rows::all(&c.o), c.shape, &c.seq)?;
             rec.finish()?.run(gpu).await?;
-            let got = gpu.read_f32(&o).await?;
-            let want = reference(&q, &k, &v, m, kv_len, s, past);
+            let got = gpu.read_f32(&c.o).await?;
+            let want = c.reference();
             let tol = if dt == DType::F16 { Tol { abs: 3e-3, rel: 3e-3 } } else { Tol { abs: 2e-6, rel: 2e-5 } };
             worst = worst.max(compare(&format!("attention causal {dt} m={m} past={past} h={heads}/{kvh} d={d}"), &got, &want, tol)?);
         }

@@ -3,7 +3,7 @@
 //! cooperative matrices, f16 and 32-wide subgroups. Two passes over the keys (the shader's
 //! header says why); the tiled kernels in `attention` stay the portable path.
 
-use super::attention::{reference, AttnShape};
+use super::attention::{reference, AttnShape, CausalCase};
 use super::{u32_of, Rows};
 use crate::check::{self, compare, poisoned, CheckResult, Rng, Tol};
 use crate::error::Result;
@@ -44,9 +44,14 @@ pub fn fits(gpu: &Gpu, q: &Rows, k: &Rows, v: &Rows, s: AttnShape) -> bool {
 }
 
 /// Records the attention of q's rows over k/v's first `seq[1]` rows (causal: query i at position
-/// seq[0] + i sees keys up to there). The caller has checked the views (see `fits`).
+/// seq[0] + i sees keys up to there). The caller has checked the views' shapes and dtypes;
+/// views `fits` refuses are an error.
 pub fn record(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: AttnShape, seq: &Tensor) -> Result<()> {
     let op = "attention";
+    // The kernel shifts its last block and tile back inside the views: they must hold one each.
+    if !fits(rec.gpu, q, k, v, s) {
+        return Err(super::shape_err(op, format!("the tensor-core attention does not take {} rows over {} keys of head dim {}", q.rows, k.rows, s.head_dim)));
+    }
     let params = AttnCoopParams {
         heads: u32_of(op, s.heads)?,
         kv_heads: u32_of(op, s.kv_heads)?,
@@ -100,24 +105,16 @@ async fn check_attention_coop(gpu: &Gpu) -> CheckResult {
     }
     // (new rows m, past, heads, kv_heads, d); the cache has 11 spare rows.
     for (m, past, heads, kvh, d) in [(16, 8, 2, 2, 128), (24, 0, 1, 1, 64), (70, 5, 4, 2, 64), (40, 130, 2, 1, 128)] {
-        let cap = past + m + 11;
-        let (qw, kw) = (heads * d, kvh * d);
-        let q = check::round_to(dt, &rng.normals(m * qw, 1.0));
-        let k = check::round_to(dt, &rng.normals(cap * kw, 1.0));
-        let v = check::round_to(dt, &rng.normals(cap * kw, 1.0));
-        let (qt, kt, vt) = (Tensor::from_f32(gpu, &[m, qw], dt, &q)?, Tensor::from_f32(gpu, &[cap, kw], dt, &k)?, Tensor::from_f32(gpu, &[cap, kw], dt, &v)?);
-        let o = poisoned(gpu, &[m, qw], dt)?;
-        let kv_len = past + m;
-        let seq = Tensor::from_u32(gpu, &[2], &[past as u32, kv_len as u32])?;
-        let s = AttnShape { heads, kv_heads: kvh, head_dim: d, scale: (d as f32).powf(-0.5), causal: true };
-        if !fits(gpu, &Rows::all(&qt), &Rows::all(&kt), &Rows::all(&vt), s) {
+        let c = CausalCase::new(gpu, &mut rng, dt, (m, past, heads, kvh, d))?;
+        let (qv, kv, vv) = (Rows::all(&c.q.1), Rows::all(&c.k.1), Rows::all(&c.v.1));
+        if !fits(gpu, &qv, &kv, &vv, c.shape) {
             return Err(format!("attention coop: causal m={m} past={past} d={d} not taken").into());
         }
         let mut rec = Recorder::new(gpu);
-        record(&mut rec, &Rows::all(&qt), &Rows::all(&kt), &Rows::all(&vt), &Rows::all(&o), s, &seq)?;
+        record(&mut rec, &qv, &kv, &vv, &Rows::all(&c.o), c.shape, &c.seq)?;
         rec.finish()?.run(gpu).await?;
-        let got = gpu.read_f32(&o).await?;
-        let want = reference(&q, &k, &v, m, kv_len, s, past);
+        let got = gpu.read_f32(&c.o).await?;
+        let want = c.reference();
         worst = worst.max(compare(&format!("attention coop causal m={m} past={past} h={heads}/{kvh} d={d}"), &got, &want, tol)?);
     }
     Ok(format!("max abs err {worst:.2e}"))
