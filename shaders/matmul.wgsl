@@ -141,19 +141,7 @@ fn store4(m: u32, n: u32, v: vec4<f32>) {
 // in pairs j, p.n + j and it writes silu(gate_j) * up_j to column j of y ([M, p.n]).
 override CPG: u32 = 4u;
 override UNROLL: u32 = 1u;
-var<workgroup> partial: array<vec4<f32>, 256>;
-#ifdef NORM
-var<workgroup> partial_sq: array<f32, 256>;
-#endif
-
-// Output columns per group.
-fn group_cols() -> u32 {
-#ifdef GLU
-    return CPG / 2u;
-#else
-    return CPG;
-#endif
-}
+#include gemv_common
 
 #ifdef VEC
 // x[k..k+8] · W[n, k..k+8] with 16-byte loads.
@@ -184,8 +172,6 @@ const CHUNK: u32 = 1u;
 #endif
 
 #ifdef NORM
-// Sum of squares of this lane's share of the x row.
-var<private> sumsq: f32 = 0.0;
 fn square8(xrow: u32, k: u32) {
     let xi = (xrow + k) >> 2u;
     let xa = vec4<f32>(x4[xi]);
@@ -205,15 +191,6 @@ fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
     return s;
 }
 
-// The group's output c (< group_cols()) from its row sums t and the norm's factor.
-fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
-#ifdef GLU
-    return silu_f(t[2u * c] * scale) * (t[2u * c + 1u] * scale);
-#else
-    return t[c] * scale;
-#endif
-}
-
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m = wid.z;
@@ -222,15 +199,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let cols = group_cols();
     let block = (wid.x + wid.y * nwg.x) * 8u * cols;
     let base = block + g * cols;
-    // Past-the-end columns recompute the last one (uniform control flow) and store nothing.
-    let nl = p.n - 1u;
-#ifdef GLU
-    let j0 = min(base, nl);
-    let j1 = min(base + 1u, nl);
-    let n = vec4<u32>(j0, p.n + j0, j1, p.n + j1);
-#else
-    let n = vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
-#endif
+    let n = group_rows(base);
     let xrow = p.x_off + m * p.x_stride;
     let step = 32u * CHUNK;
     var s = vec4<f32>(0.0);
@@ -246,45 +215,5 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (; k < p.k; k += step) {
         s += chunk4(xrow, n, k);
     }
-#ifdef SUBGROUPS
-    let total = subgroupAdd(s);
-#ifdef NORM
-    // Each 32-lane group covered the whole row, so its sum of squares is the row's.
-    let scale = inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
-#else
-    let scale = 1.0;
-#endif
-    if (lane == 0u) {
-        for (var c = 0u; c < cols; c++) {
-            if (base + c < p.n) {
-                finish(m, base + c, gemv_out(total, c, scale));
-            }
-        }
-    }
-#else
-    partial[lid] = s;
-#ifdef NORM
-    partial_sq[lid] = sumsq;
-#endif
-    workgroupBarrier();
-    if (lid < 8u * cols) {
-        let gg = lid / cols;
-        var total = vec4<f32>(0.0);
-        for (var l = 0u; l < 32u; l++) {
-            total += partial[gg * 32u + l];
-        }
-#ifdef NORM
-        var sq = 0.0;
-        for (var l = 0u; l < 32u; l++) {
-            sq += partial_sq[gg * 32u + l];
-        }
-        let scale = inverseSqrt(sq / f32(p.k) + p.eps);
-#else
-        let scale = 1.0;
-#endif
-        if (block + lid < p.n) {
-            finish(m, block + lid, gemv_out(total, lid % cols, scale));
-        }
-    }
-#endif
+    gemv_reduce(m, lid, block, s);
 }

@@ -58,10 +58,8 @@ fn scale_of(n: u32, g: u32) -> vec2<f32> {
 // multiples of 32), so it needs one scale. NORM: each 32-lane group covers the whole x row, so
 // it also sums its squares. GLU (CPG 2 or 4): rows in pairs j, p.n + j, giving column j of y.
 override CPG: u32 = 4u;
-var<workgroup> partial: array<vec4<f32>, 256>;
+#include gemv_common
 #ifdef NORM
-var<workgroup> partial_sq: array<f32, 256>;
-var<private> sumsq: f32 = 0.0;
 
 fn g_vec(k: u32) -> vec4<f32> {
 #ifdef VEC
@@ -74,24 +72,6 @@ fn g_vec(k: u32) -> vec4<f32> {
 #endif
 }
 #endif
-
-// Output columns per group.
-fn group_cols() -> u32 {
-#ifdef GLU
-    return CPG / 2u;
-#else
-    return CPG;
-#endif
-}
-
-// The group's output c (< group_cols()) from its row sums t and the norm's factor.
-fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
-#ifdef GLU
-    return silu_f(t[2u * c] * scale) * (t[2u * c + 1u] * scale);
-#else
-    return t[c] * scale;
-#endif
-}
 
 struct X32 {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
@@ -164,15 +144,7 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let cols = group_cols();
     let block = (wid.x + wid.y * nwg.x) * 8u * cols;
     let base = block + g * cols;
-    // Past-the-end columns recompute the last one (uniform control flow) and store nothing.
-    let nl = p.n - 1u;
-#ifdef GLU
-    let j0 = min(base, nl);
-    let j1 = min(base + 1u, nl);
-    let n = vec4<u32>(j0, p.n + j0, j1, p.n + j1);
-#else
-    let n = vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
-#endif
+    let n = group_rows(base);
     let xrow = p.x_off + m * p.x_stride;
     let chunks = (p.k + 31u) / 32u;
     var s = vec4<f32>(0.0);
@@ -183,46 +155,7 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         if (CPG > 2u) { d.z = dot_chunk(xc, n.z, c); d.w = dot_chunk(xc, n.w, c); }
         s += d;
     }
-#ifdef SUBGROUPS
-    let total = subgroupAdd(s);
-#ifdef NORM
-    let scale = inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
-#else
-    let scale = 1.0;
-#endif
-    if (lane == 0u) {
-        for (var c = 0u; c < cols; c++) {
-            if (base + c < p.n) {
-                finish(m, base + c, gemv_out(total, c, scale));
-            }
-        }
-    }
-#else
-    partial[lid] = s;
-#ifdef NORM
-    partial_sq[lid] = sumsq;
-#endif
-    workgroupBarrier();
-    if (lid < 8u * cols) {
-        let gg = lid / cols;
-        var total = vec4<f32>(0.0);
-        for (var l = 0u; l < 32u; l++) {
-            total += partial[gg * 32u + l];
-        }
-#ifdef NORM
-        var sq = 0.0;
-        for (var l = 0u; l < 32u; l++) {
-            sq += partial_sq[gg * 32u + l];
-        }
-        let scale = inverseSqrt(sq / f32(p.k) + p.eps);
-#else
-        let scale = 1.0;
-#endif
-        if (block + lid < p.n) {
-            finish(m, block + lid, gemv_out(total, lid % cols, scale));
-        }
-    }
-#endif
+    gemv_reduce(m, lid, block, s);
 }
 
 #ifndef VEC

@@ -46,6 +46,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),
     ("qdecode", include_str!("../../shaders/qdecode.wgsl")),
+    ("gemv_common", include_str!("../../shaders/gemv_common.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

@@ -1,0 +1,90 @@
+// The GEMVs' shared pieces (matmul.wgsl's gemv, qmatmul.wgsl's qgemv): 8 groups of 32 lanes per
+// workgroup, CPG weight rows per group; which rows a group takes (GLU: pairs j, p.n + j), and
+// the reduction of a group's 32 lanes into its outputs: subgroupAdd (flag SUBGROUPS, only when
+// subgroups are exactly 32 wide) or workgroup memory with one barrier. NORM: each group covered
+// the whole x row, so the lanes' `sumsq` give the row's RMS. Needs `p` (n, k, eps), `CPG`,
+// `finish` and `silu_f`.
+var<workgroup> partial: array<vec4<f32>, 256>;
+#ifdef NORM
+var<workgroup> partial_sq: array<f32, 256>;
+// Sum of squares of this lane's share of the x row.
+var<private> sumsq: f32 = 0.0;
+#endif
+
+// Output columns per group.
+fn group_cols() -> u32 {
+#ifdef GLU
+    return CPG / 2u;
+#else
+    return CPG;
+#endif
+}
+
+// The weight rows of the group whose first output column is `base`; past-the-end columns
+// recompute the last one (uniform control flow) and store nothing.
+fn group_rows(base: u32) -> vec4<u32> {
+    let nl = p.n - 1u;
+#ifdef GLU
+    let j0 = min(base, nl);
+    let j1 = min(base + 1u, nl);
+    return vec4<u32>(j0, p.n + j0, j1, p.n + j1);
+#else
+    return vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
+#endif
+}
+
+// The group's output c (< group_cols()) from its row sums t and the norm's factor.
+fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
+#ifdef GLU
+    return silu_f(t[2u * c] * scale) * (t[2u * c + 1u] * scale);
+#else
+    return t[c] * scale;
+#endif
+}
+
+// Reduces every lane's row sums `s` and writes the workgroup's outputs of row m (its first
+// output column is `block`). Called by all 256 invocations.
+fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
+    let cols = group_cols();
+#ifdef SUBGROUPS
+    let total = subgroupAdd(s);
+#ifdef NORM
+    let scale = inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
+#else
+    let scale = 1.0;
+#endif
+    let base = block + (lid / 32u) * cols;
+    if (lid % 32u == 0u) {
+        for (var c = 0u; c < cols; c++) {
+            if (base + c < p.n) {
+                finish(m, base + c, gemv_out(total, c, scale));
+            }
+        }
+    }
+#else
+    partial[lid] = s;
+#ifdef NORM
+    partial_sq[lid] = sumsq;
+#endif
+    workgroupBarrier();
+    if (lid < 8u * cols) {
+        let gg = lid / cols;
+        var total = vec4<f32>(0.0);
+        for (var l = 0u; l < 32u; l++) {
+            total += partial[gg * 32u + l];
+        }
+#ifdef NORM
+        var sq = 0.0;
+        for (var l = 0u; l < 32u; l++) {
+            sq += partial_sq[gg * 32u + l];
+        }
+        let scale = inverseSqrt(sq / f32(p.k) + p.eps);
+#else
+        let scale = 1.0;
+#endif
+        if (block + lid < p.n) {
+            finish(m, block + lid, gemv_out(total, lid % cols, scale));
+        }
+    }
+#endif
+}
