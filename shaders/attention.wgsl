@@ -421,6 +421,16 @@ fn visible_keys(i: u32) -> u32 {
     return kv_len;
 }
 
+// Keys per split: p.split_len, or with 0 the valid keys seq[1] spread over the splits in
+// whole steps of 16, so a step replayed at a later position keeps every split busy (the same
+// formula as attention_decode.wgsl's).
+fn split_keys() -> u32 {
+    if (p.split_len != 0u) {
+        return p.split_len;
+    }
+    return max(16u, ((seq[1] + p.splits - 1u) / p.splits + 15u) / 16u * 16u);
+}
+
 #ifndef COMBINE
 @group(0) @binding(2) var<storage, read> q: array<T>;
 @group(0) @binding(3) var<storage, read> k: array<vec4<T>>;
@@ -442,8 +452,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let i = wid.x;
     let h = wid.y;
     let kvh = h / (p.heads / p.kv_heads);
-    let kend = min(visible_keys(i), (wid.z + 1u) * p.split_len);
-    let kstart = wid.z * p.split_len;
+    let split_len = split_keys();
+    let kend = min(visible_keys(i), (wid.z + 1u) * split_len);
+    let kstart = wid.z * split_len;
     let qb = p.q_off + i * p.q_stride + h * D;
     if (t < D4) {
         qs[t] = vec4<f32>(f32(q[qb + 4u * t]), f32(q[qb + 4u * t + 1u]), f32(q[qb + 4u * t + 2u]), f32(q[qb + 4u * t + 3u])) * p.scale;
@@ -533,7 +544,8 @@ var<workgroup> cw: array<f32, 64>;
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let i = wid.x;
     let h = wid.y;
-    let used = min(p.splits, (visible_keys(i) + p.split_len - 1u) / p.split_len);
+    let split_len = split_keys();
+    let used = min(p.splits, (visible_keys(i) + split_len - 1u) / split_len);
     let base = (i * p.heads + h) * p.splits * (D + 2u);
     var ms = NEG;
     var ls = 0.0;

@@ -47,6 +47,15 @@ fn value(kvh: u32, key: u32, kend: u32, lane: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
+// Keys per split (as attention.wgsl's): p.split_len, or with 0 the valid keys spread over
+// the splits in whole steps of 16 (one step of 4 keys per subgroup).
+fn split_keys() -> u32 {
+    if (p.split_len != 0u) {
+        return p.split_len;
+    }
+    return max(16u, ((seq[1] + p.splits - 1u) / p.splits + 15u) / 16u * 16u);
+}
+
 @compute @workgroup_size(128)
 fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let i = wid.x;
@@ -58,8 +67,9 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (p.causal != 0u) {
         kend = min(kend, seq[0] + i + 1u);
     }
-    kend = min(kend, (wid.z + 1u) * p.split_len);
-    let kstart = wid.z * p.split_len;
+    let split_len = split_keys();
+    kend = min(kend, (wid.z + 1u) * split_len);
+    let kstart = wid.z * split_len;
     let qb = p.q_off + i * p.q_stride + h * D + 4u * lane;
     let q4 = vec4<f32>(f32(q[qb]), f32(q[qb + 1u]), f32(q[qb + 2u]), f32(q[qb + 3u])) * p.scale;
     var run_max = NEG;

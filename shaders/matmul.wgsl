@@ -146,6 +146,10 @@ override UNROLL: u32 = 1u;
 #ifdef VEC
 // x[k..k+8] · W[n, k..k+8] with 16-byte loads.
 fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
+#ifdef XS
+    let xa = vec4<f32>(xs[k >> 2u]);
+    let xb = vec4<f32>(xs[(k >> 2u) + 1u]);
+#else
     let xi = (xrow + k) >> 2u;
 #ifdef NORM
     let xa = vec4<f32>(x4[xi]) * g4[k >> 2u];
@@ -153,6 +157,7 @@ fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
 #else
     let xa = vec4<f32>(x4[xi]);
     let xb = vec4<f32>(x4[xi + 1u]);
+#endif
 #endif
 #ifdef W_F16
     let q = w4[(n * p.k + k) >> 3u];
@@ -183,7 +188,9 @@ fn square8(xrow: u32, k: u32) {
 // Sums of weight rows n.x..n.w (those below CPG) over this lane's chunk at k.
 fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
 #ifdef NORM
+#ifndef XS
     square8(xrow, k);
+#endif
 #endif
     var s = vec4<f32>(dot8(xrow, n.x, k), 0.0, 0.0, 0.0);
     if (CPG > 1u) { s.y = dot8(xrow, n.y, k); }
@@ -201,6 +208,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = block + g * cols;
     let n = group_rows(base);
     let xrow = p.x_off + m * p.x_stride;
+#ifdef XS
+    stage_x(xrow, lid);
+#endif
     let step = 32u * CHUNK;
     var s = vec4<f32>(0.0);
     var k = lane * CHUNK;

@@ -81,6 +81,52 @@ async fn bench_qlinear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, fmt:
     Ok(BenchRow { name: format!("{kind} {m}x{k}->{n} x:{act} w:{fmt}"), ms, gflops: flops / ms / 1e6, gbs: bytes / ms / 1e6, spread })
 }
 
+/// The decode step's products at the 1.3B's shapes, each as the model records it (norm and
+/// SwiGLU fused, residual adds in the epilogue), with f16 or q4 (g32, offsets) weights: ms per
+/// dispatch, back to back, so each includes the dependent-dispatch floor (`dispatch` row).
+async fn bench_decode_gemvs(gpu: &Gpu, quant: bool, reps: usize, trials: usize) -> Result<Vec<BenchRow>> {
+    use crate::ops::matmul::{rms_linear, rms_linear_glu};
+    use crate::quant::{Packed, QFormat, QMatrix, WeightRef};
+    let act = if gpu.caps.f16 { DType::F16 } else { DType::F32 };
+    let (hid, inter, vocab) = (2048, 5632, 102400);
+    let mut rng = Rng::new(5);
+    let x = Tensor::from_f32(gpu, &[1, hid], act, &rng.normals(hid, 1.0))?;
+    let g = Tensor::from_f32(gpu, &[hid], DType::F32, &rng.vec(hid, 0.5, 1.5))?;
+    let h = Tensor::empty(gpu, &[1, hid], act)?;
+    let s = Tensor::from_f32(gpu, &[1, inter], act, &rng.normals(inter, 1.0))?;
+    let mut rows = Vec::new();
+    // (name, weight rows, K, kind): 0 norm, 1 residual, 2 norm + SwiGLU.
+    for (name, n, k, kind) in [("qkv", 3 * hid, hid, 0), ("o", hid, hid, 1), ("gate|up", 2 * inter, hid, 2), ("down", hid, inter, 1), ("lm_head", vocab, hid, 0)] {
+        let vals = rng.vec(n * k, -0.05, 0.05);
+        let (dense, q, fmt);
+        let w: WeightRef = if quant {
+            fmt = QFormat::q4(32, true);
+            q = QMatrix::upload(gpu, &Packed::quantize(fmt, n, k, &vals)?)?;
+            (&q).into()
+        } else {
+            dense = RowSplit::from_f32(gpu, n, k, DType::F16, &vals)?;
+            (&dense).into()
+        };
+        let wname = if quant { "q4g32z" } else { "f16" };
+        let out_cols = if kind == 2 { n / 2 } else { n };
+        let y = Tensor::empty(gpu, &[1, out_cols], act)?;
+        let t = Tensor::empty(gpu, &[1, n], act)?;
+        let xin = if k == hid { &x } else { &s };
+        let mut rec = Recorder::new(gpu);
+        match kind {
+            0 => rms_linear(&mut rec, &Rows::all(xin), &g, 1e-6, w, Epilogue::default(), &Rows::all(&y), &Rows::all(&h))?,
+            1 => linear(&mut rec, &Rows::all(xin), w, Epilogue { residual: true, ..Default::default() }, &Rows::all(&y))?,
+            _ => rms_linear_glu(&mut rec, &Rows::all(xin), &g, 1e-6, w, &Rows::all(&y), &Rows::all(&h), &Rows::all(&t))?,
+        }
+        let dispatches = rec.len();
+        let (ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+        let wbytes = if quant { n * k / 2 + n * (k / 32) * 4 } else { n * k * 2 };
+        let flops = 2.0 * (n * k) as f64;
+        rows.push(BenchRow { name: format!("decode {name} 1x{k}->{n} w:{wname} ({dispatches} dispatch)"), ms, gflops: flops / ms / 1e6, gbs: wbytes as f64 / ms / 1e6, spread });
+    }
+    Ok(rows)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn bench_attention(gpu: &Gpu, n: usize, heads: usize, d: usize, act: DType, causal: bool, reps: usize, trials: usize) -> Result<BenchRow> {
     let mut rng = Rng::new(8);
@@ -310,6 +356,10 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         if want("QGEMV") {
             rows.push(bench_qlinear(gpu, 1, 2048, 102400, DType::F32, QFormat::q8(128), reps, trials).await?);
         }
+    }
+    if want("decode") && !quick {
+        rows.extend(bench_decode_gemvs(gpu, false, reps * 5, trials).await?);
+        rows.extend(bench_decode_gemvs(gpu, true, reps * 5, trials).await?);
     }
     if want("dispatch") {
         rows.push(bench_dispatch(gpu, 200, reps, trials).await?);

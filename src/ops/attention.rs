@@ -36,6 +36,9 @@ const REL_ROWS: usize = 32;
 const TILE: usize = 64;
 /// Workgroups worth filling a large GPU with: fewer (row, head) pairs than this get their keys split.
 const TARGET_WORKGROUPS: usize = 512;
+/// The same for the decode kernel (`attention_decode.wgsl`), whose splits go down to 16 keys:
+/// more, shorter splits, as its key loop pays a memory round trip per 16 keys.
+const DECODE_TARGET_WORKGROUPS: usize = 1024;
 /// Most key splits `attn_combine` merges (one thread each).
 const MAX_SPLITS: usize = 64;
 
@@ -89,12 +92,20 @@ pub struct AttnShape {
 }
 
 /// Key splits for `rows` query rows over at most `kv_rows` keys: one unless the (row, head)
-/// pairs alone leave the GPU idle (decode), at most MAX_SPLITS (`attn_combine`'s workgroup).
-/// Returns (splits, keys per split).
-fn split_plan(rows: usize, heads: usize, kv_rows: usize) -> (usize, usize) {
-    let tiles = kv_rows.div_ceil(TILE).max(1);
-    let splits = TARGET_WORKGROUPS.div_ceil(rows * heads).clamp(1, tiles.min(MAX_SPLITS));
-    (splits, tiles.div_ceil(splits) * TILE)
+/// pairs alone leave the GPU idle (decode), at most MAX_SPLITS (`attn_combine`'s workgroup),
+/// and no more than the cache has units of `unit` keys (the decode kernel's 16, else a TILE).
+/// The kernels spread the keys valid at run time over the splits (`split_keys`), so a replayed
+/// decode step keeps them all busy as the cache fills. `DSVL_ATTN_SPLIT_WG` overrides the
+/// decode kernel's target (to measure).
+fn split_plan(rows: usize, heads: usize, kv_rows: usize, decode_kernel: bool) -> usize {
+    let (target, unit) = if decode_kernel {
+        let env = std::env::var("DSVL_ATTN_SPLIT_WG").ok().and_then(|v| v.parse().ok());
+        (env.unwrap_or(DECODE_TARGET_WORKGROUPS), 16)
+    } else {
+        (TARGET_WORKGROUPS, TILE)
+    };
+    let units = kv_rows.div_ceil(unit).max(1);
+    target.div_ceil(rows * heads).clamp(1, units.min(MAX_SPLITS))
 }
 
 /// o = softmax(q k^T * scale [+ causal mask]) v per head. `k` and `v` hold every key row the
@@ -142,7 +153,9 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if s.causal && q.rows > 1 && tiled_fits(rec.gpu, s.head_dim) {
         return causal_tiled(rec, q, k, v, o, s, seq);
     }
-    let (splits, split_len) = split_plan(q.rows, s.heads, k.rows);
+    let caps = &rec.gpu.caps;
+    let decode_kernel = s.head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32;
+    let splits = split_plan(q.rows, s.heads, k.rows, decode_kernel);
     let params = AttnParams {
         m: q.rows as u32,
         heads: s.heads as u32,
@@ -158,7 +171,8 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         o_stride: o.stride as u32,
         scale: s.scale,
         splits: splits as u32,
-        split_len: split_len as u32,
+        // 0: the kernels size the splits from the valid keys at run time.
+        split_len: if splits == 1 { k.rows as u32 } else { 0 },
         _pad: 0,
     };
     let mut flags = act_flags(op, dt)?.to_vec();
@@ -168,8 +182,7 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
         return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
     }
     let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
-    let caps = &rec.gpu.caps;
-    if s.head_dim == 128 && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
+    if decode_kernel {
         let mut f = act_flags(op, dt)?.to_vec();
         f.push("SUBGROUPS");
         rec.dispatch(&PipelineKey::new(DECODE, &f, &[]), &params, &[seq, q.t, k.t, v.t, &part], wg)?;
