@@ -436,7 +436,7 @@ fn split_keys() -> u32 {
 @group(0) @binding(3) var<storage, read> k: array<vec4<T>>;
 @group(0) @binding(4) var<storage, read> v: array<vec4<T>>;
 #ifdef SPLIT
-// Per (row, head, split): D accumulator values, then the running max and sum.
+// Per (row, head, split): D accumulator values, then the running max and sum (D + 4 floats).
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 #else
 @group(0) @binding(5) var<storage, read_write> o: array<T>;
@@ -509,7 +509,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             a += red[r * D4 + col];
         }
 #ifdef SPLIT
-        let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 2u);
+        let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 4u);
         part[pb + 4u * col] = a.x;
         part[pb + 4u * col + 1u] = a.y;
         part[pb + 4u * col + 2u] = a.z;
@@ -531,51 +531,66 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 #endif
 
 #ifdef COMBINE
-@group(0) @binding(2) var<storage, read> part: array<f32>;
+// Each split's partial: D accumulator values, then its max and sum, padded to D + 4 floats so
+// every partial starts on a vec4.
+@group(0) @binding(2) var<storage, read> part4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> o: array<T>;
 
-// One workgroup per (row, head): weights each split's partial by exp(its max - the max). The
-// splits' (max, sum) pairs are loaded by one thread each (at most 64 splits: `split_plan`), so
-// the loads overlap instead of forming a chain.
-var<workgroup> cmax: array<f32, 64>;
+// One workgroup of 256 per (row, head): invocation t takes the vec4 of dims t % D4 over every
+// SL-th split from t / D4, so the splits' loads overlap instead of forming one chain; the SL
+// sums are then added through workgroup memory. The splits' (max, sum) pairs are loaded by one
+// invocation each (at most 64 splits: `split_plan`).
+const SL: u32 = 256u / D4;
+const P4: u32 = D4 + 1u;
 var<workgroup> cw: array<f32, 64>;
+var<workgroup> cl: array<f32, 64>;
+var<workgroup> cacc: array<vec4<f32>, 256>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let i = wid.x;
     let h = wid.y;
     let split_len = split_keys();
     let used = min(p.splits, (visible_keys(i) + split_len - 1u) / split_len);
-    let base = (i * p.heads + h) * p.splits * (D + 2u);
-    var ms = NEG;
-    var ls = 0.0;
-    if (t < used) {
-        ms = part[base + t * (D + 2u) + D];
-        ls = part[base + t * (D + 2u) + D + 1u];
+    let base = (i * p.heads + h) * p.splits * P4;
+    if (t < 64u) {
+        var ms = NEG;
+        var ls = 0.0;
+        if (t < used) {
+            let st = part4[base + t * P4 + D4];
+            ms = st.x;
+            ls = st.y;
+        }
+        cw[t] = ms;
+        cl[t] = ls;
     }
-    cmax[t] = ms;
     workgroupBarrier();
     var mx = NEG;
     for (var s = 0u; s < used; s++) {
-        mx = max(mx, cmax[s]);
+        mx = max(mx, cw[s]);
     }
-    let wgt = exp(ms - mx);
-    cw[t] = wgt * ls;
-    workgroupBarrier();
     var total = 0.0;
     for (var s = 0u; s < used; s++) {
-        total += cw[s];
+        total += exp(cw[s] - mx) * cl[s];
     }
+    let d4 = t % D4;
+    var a = vec4<f32>(0.0);
+    for (var s = t / D4; s < used; s += SL) {
+        a += exp(cw[s] - mx) * part4[base + s * P4 + d4];
+    }
+    cacc[t] = a;
     workgroupBarrier();
-    cw[t] = wgt;
-    workgroupBarrier();
-    let ob = p.o_off + i * p.o_stride + h * D;
-    for (var d = t; d < D; d += 64u) {
-        var a = 0.0;
-        for (var s = 0u; s < used; s++) {
-            a += cw[s] * part[base + s * (D + 2u) + d];
+    if (t < D4) {
+        var sum = vec4<f32>(0.0);
+        for (var j = 0u; j < SL; j++) {
+            sum += cacc[j * D4 + t];
         }
-        o[ob + d] = T(a / total);
+        let r = sum / total;
+        let ob = p.o_off + i * p.o_stride + h * D + 4u * t;
+        o[ob] = T(r.x);
+        o[ob + 1u] = T(r.y);
+        o[ob + 2u] = T(r.z);
+        o[ob + 3u] = T(r.w);
     }
 }
 #endif

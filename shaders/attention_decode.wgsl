@@ -115,7 +115,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             a += c * w_acc[j * 32u + lane];
             total += c * w_sum[j];
         }
-        let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 2u);
+        let pb = ((i * p.heads + h) * p.splits + wid.z) * (D + 4u);
         part[pb + 4u * lane] = a.x;
         part[pb + 4u * lane + 1u] = a.y;
         part[pb + 4u * lane + 2u] = a.z;

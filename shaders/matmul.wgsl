@@ -134,7 +134,7 @@ fn store4(m: u32, n: u32, v: vec4<f32>) {
 #endif
 
 // ---- GEMV: row m = workgroup z; 8 groups of 32 lanes, CPG weight rows per group ----
-// Lanes stride over K (16-byte loads with VEC), UNROLL (1, 2, 4) chunks per step, keeping CPG sums;
+// Lanes stride over K (16-byte loads, software-pipelined, with VEC; else UNROLL (1, 2, 4) chunks per step), keeping CPG sums;
 // the 32 lanes of a group are combined with subgroupAdd (flag SUBGROUPS: only when the
 // adapter's subgroups are exactly 32 wide) or through workgroup memory with one barrier.
 // GLU (SwiGLU fused, CPG 2 or 4): W is gate's rows over up's (p.n each); a group's rows come
@@ -144,39 +144,68 @@ override UNROLL: u32 = 1u;
 #include gemv_common
 
 #ifdef VEC
-// x[k..k+8] · W[n, k..k+8] with 16-byte loads.
-fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
+// 16-byte loads, software-pipelined: each step requests the next chunk's weights before it
+// uses this one's (and the first before the x row is staged), so a lane's loads overlap.
+struct X8 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+// x[k..k+8] (times g with NORM).
+fn x8(xrow: u32, k: u32) -> X8 {
 #ifdef XS
-    let xa = vec4<f32>(xs[k >> 2u]);
-    let xb = vec4<f32>(xs[(k >> 2u) + 1u]);
+    return X8(xs[k >> 2u], xs[(k >> 2u) + 1u]);
 #else
     let xi = (xrow + k) >> 2u;
 #ifdef NORM
-    let xa = vec4<f32>(x4[xi]) * g4[k >> 2u];
-    let xb = vec4<f32>(x4[xi + 1u]) * g4[(k >> 2u) + 1u];
+    return X8(vec4<f32>(x4[xi]) * g4[k >> 2u], vec4<f32>(x4[xi + 1u]) * g4[(k >> 2u) + 1u]);
 #else
-    let xa = vec4<f32>(x4[xi]);
-    let xb = vec4<f32>(x4[xi + 1u]);
+    return X8(vec4<f32>(x4[xi]), vec4<f32>(x4[xi + 1u]));
 #endif
 #endif
+}
+
+// One row's 8 weights at k as loaded (converted only where used, so the load can fly).
 #ifdef W_F16
-    let q = w4[(n * p.k + k) >> 3u];
-    return dot(xa, vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y))) +
-        dot(xb, vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+alias WRaw = vec4<u32>;
+fn w_load(n: u32, k: u32) -> WRaw {
+    return w4[(n * p.k + k) >> 3u];
+}
+fn w_dot(x: X8, q: WRaw) -> f32 {
+    return dot(x.a, vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y))) +
+        dot(x.b, vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+}
 #else
+struct WRaw {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+fn w_load(n: u32, k: u32) -> WRaw {
     let wi = (n * p.k + k) >> 2u;
-    return dot(xa, w4[wi]) + dot(xb, w4[wi + 1u]);
-#endif
+    return WRaw(w4[wi], w4[wi + 1u]);
 }
-const CHUNK: u32 = 8u;
-#else
-fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
-    return f32(x[xrow + k]) * w_at(n * p.k + k);
+fn w_dot(x: X8, q: WRaw) -> f32 {
+    return dot(x.a, q.a) + dot(x.b, q.b);
 }
-const CHUNK: u32 = 1u;
 #endif
 
+// The group's CPG rows' weights at k.
+struct W4 {
+    r0: WRaw,
+    r1: WRaw,
+    r2: WRaw,
+    r3: WRaw,
+}
+fn load_w4(n: vec4<u32>, k: u32) -> W4 {
+    var w: W4;
+    w.r0 = w_load(n.x, k);
+    if (CPG > 1u) { w.r1 = w_load(n.y, k); }
+    if (CPG > 2u) { w.r2 = w_load(n.z, k); w.r3 = w_load(n.w, k); }
+    return w;
+}
+
 #ifdef NORM
+#ifndef XS
 fn square8(xrow: u32, k: u32) {
     let xi = (xrow + k) >> 2u;
     let xa = vec4<f32>(x4[xi]);
@@ -184,14 +213,52 @@ fn square8(xrow: u32, k: u32) {
     sumsq += dot(xa, xa) + dot(xb, xb);
 }
 #endif
+#endif
 
-// Sums of weight rows n.x..n.w (those below CPG) over this lane's chunk at k.
-fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
+// Sums of the group's rows (those below CPG) over this lane's chunk at k, weights `w`.
+fn chunk4(xrow: u32, k: u32, w: W4) -> vec4<f32> {
 #ifdef NORM
 #ifndef XS
     square8(xrow, k);
 #endif
 #endif
+    let x = x8(xrow, k);
+    var s = vec4<f32>(w_dot(x, w.r0), 0.0, 0.0, 0.0);
+    if (CPG > 1u) { s.y = w_dot(x, w.r1); }
+    if (CPG > 2u) { s.z = w_dot(x, w.r2); s.w = w_dot(x, w.r3); }
+    return s;
+}
+
+@compute @workgroup_size(256)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m = wid.z;
+    let g = lid / 32u;
+    let lane = lid % 32u;
+    let cols = group_cols();
+    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
+    let n = group_rows(block + g * cols);
+    let xrow = p.x_off + m * p.x_stride;
+    let last = p.k - 8u;
+    var k = lane * 8u;
+    var w = load_w4(n, min(k, last));
+#ifdef XS
+    stage_x(xrow, lid);
+#endif
+    var s = vec4<f32>(0.0);
+    for (; k < p.k; k += 256u) {
+        let next = load_w4(n, min(k + 256u, last));
+        s += chunk4(xrow, k, w);
+        w = next;
+    }
+    gemv_reduce(m, lid, block, s);
+}
+#else
+fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
+    return f32(x[xrow + k]) * w_at(n * p.k + k);
+}
+
+// Sums of weight rows n.x..n.w (those below CPG) at k.
+fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
     var s = vec4<f32>(dot8(xrow, n.x, k), 0.0, 0.0, 0.0);
     if (CPG > 1u) { s.y = dot8(xrow, n.y, k); }
     if (CPG > 2u) { s.z = dot8(xrow, n.z, k); s.w = dot8(xrow, n.w, k); }
@@ -208,14 +275,11 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = block + g * cols;
     let n = group_rows(base);
     let xrow = p.x_off + m * p.x_stride;
-#ifdef XS
-    stage_x(xrow, lid);
-#endif
-    let step = 32u * CHUNK;
+    let step = 32u;
     var s = vec4<f32>(0.0);
-    var k = lane * CHUNK;
+    var k = lane;
     // Main loop: UNROLL chunks with unconditional loads (UNROLL is a pipeline constant, so the
-    // branches fold away) so a warp streams UNROLL * 512 contiguous bytes of a row at once.
+    // branches fold away) so a lane has UNROLL loads of a row in flight at once.
     for (; k + (UNROLL - 1u) * step < p.k; k += UNROLL * step) {
         var a = chunk4(xrow, n, k);
         if (UNROLL > 1u) { a += chunk4(xrow, n, k + step); }
@@ -227,3 +291,4 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     gemv_reduce(m, lid, block, s);
 }
+#endif

@@ -121,25 +121,61 @@ fn load_x(xrow: u32, k: u32) -> X32 {
     return r;
 }
 
-// x's chunk c · deq(W)[n, 32c .. 32c + 32].
-fn dot_chunk(xc: X32, n: u32, c: u32) -> f32 {
-    let sc = scale_of(n, (c * 32u) / p.group);
+// One row's codes for chunk c (int8: two vec4s) and its (d, m), as loaded: decoded only where
+// used, so the loads can fly while the previous chunk is summed.
+struct WChunk {
+    q0: vec4<u32>,
+#ifndef Q4
+    q1: vec4<u32>,
+#endif
+    sc: vec2<f32>,
+}
+
+fn load_w(n: u32, c: u32) -> WChunk {
+    var w: WChunk;
+    w.sc = scale_of(n, (c * 32u) / p.group);
     let row = n * (p.row_words >> 2u);
 #ifdef Q4
-    let q = codes[row + c];
+    w.q0 = codes[row + c];
+#else
+    w.q0 = codes[row + 2u * c];
+    w.q1 = codes[row + 2u * c + 1u];
+#endif
+    return w;
+}
+
+// x's chunk · deq(W) over the chunk.
+fn dot_w(xc: X32, w: WChunk) -> f32 {
+    let q = w.q0;
+#ifdef Q4
     let s = dot(xc.a0, nib_lo(q.x) - OFF) + dot(xc.a1, nib_hi(q.x) - OFF) + dot(xc.a2, nib_lo(q.y) - OFF) + dot(xc.a3, nib_hi(q.y) - OFF) +
         dot(xc.a4, nib_lo(q.z) - OFF) + dot(xc.a5, nib_hi(q.z) - OFF) + dot(xc.a6, nib_lo(q.w) - OFF) + dot(xc.a7, nib_hi(q.w) - OFF);
 #else
-    let q0 = codes[row + 2u * c];
-    let q1 = codes[row + 2u * c + 1u];
-    let s = dot(xc.a0, bytes4(q0.x)) + dot(xc.a1, bytes4(q0.y)) + dot(xc.a2, bytes4(q0.z)) + dot(xc.a3, bytes4(q0.w)) +
+    let q1 = w.q1;
+    let s = dot(xc.a0, bytes4(q.x)) + dot(xc.a1, bytes4(q.y)) + dot(xc.a2, bytes4(q.z)) + dot(xc.a3, bytes4(q.w)) +
         dot(xc.a4, bytes4(q1.x)) + dot(xc.a5, bytes4(q1.y)) + dot(xc.a6, bytes4(q1.z)) + dot(xc.a7, bytes4(q1.w));
 #endif
 #ifdef ZERO
-    return sc.x * s + sc.y * xc.sum;
+    return w.sc.x * s + w.sc.y * xc.sum;
 #else
-    return sc.x * s;
+    return w.sc.x * s;
 #endif
+}
+
+// The group's CPG rows' chunks.
+struct W4 {
+    r0: WChunk,
+    r1: WChunk,
+    r2: WChunk,
+    r3: WChunk,
+}
+
+fn load_w4(n: vec4<u32>, c: u32) -> W4 {
+    var w: W4;
+    w.r0 = load_w(n.x, c);
+    if (CPG > 1u) { w.r1 = load_w(n.y, c); }
+    if (CPG > 2u) { w.r2 = load_w(n.z, c); w.r3 = load_w(n.w, c); }
+    return w;
 }
 
 @compute @workgroup_size(256)
@@ -149,20 +185,25 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let lane = lid % 32u;
     let cols = group_cols();
     let block = (wid.x + wid.y * nwg.x) * 8u * cols;
-    let base = block + g * cols;
-    let n = group_rows(base);
+    let n = group_rows(block + g * cols);
     let xrow = p.x_off + m * p.x_stride;
     let chunks = (p.k + 31u) / 32u;
+    // Software-pipelined: each step requests the next chunk's weights before it sums this
+    // one's, and the first are requested before the x row is staged (XS).
+    var c = lane;
+    var w = load_w4(n, min(c, chunks - 1u));
 #ifdef XS
     stage_x(xrow, lid);
 #endif
     var s = vec4<f32>(0.0);
-    for (var c = lane; c < chunks; c += 32u) {
+    for (; c < chunks; c += 32u) {
+        let next = load_w4(n, min(c + 32u, chunks - 1u));
         let xc = load_x(xrow, c * 32u);
-        var d = vec4<f32>(dot_chunk(xc, n.x, c), 0.0, 0.0, 0.0);
-        if (CPG > 1u) { d.y = dot_chunk(xc, n.y, c); }
-        if (CPG > 2u) { d.z = dot_chunk(xc, n.z, c); d.w = dot_chunk(xc, n.w, c); }
+        var d = vec4<f32>(dot_w(xc, w.r0), 0.0, 0.0, 0.0);
+        if (CPG > 1u) { d.y = dot_w(xc, w.r1); }
+        if (CPG > 2u) { d.z = dot_w(xc, w.r2); d.w = dot_w(xc, w.r3); }
         s += d;
+        w = next;
     }
     gemv_reduce(m, lid, block, s);
 }

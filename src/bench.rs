@@ -83,7 +83,8 @@ async fn bench_qlinear(gpu: &Gpu, m: usize, k: usize, n: usize, act: DType, fmt:
 
 /// The decode step's products at the 1.3B's shapes, each as the model records it (norm and
 /// SwiGLU fused, residual adds in the epilogue), with f16 or q4 (g32, offsets) weights: ms per
-/// dispatch, back to back, so each includes the dependent-dispatch floor (`dispatch` row).
+/// product over 50 recorded back to back (each waits for the last, as in the model), so each
+/// includes the dependent-dispatch floor (`dispatch` row).
 async fn bench_decode_gemvs(gpu: &Gpu, quant: bool, reps: usize, trials: usize) -> Result<Vec<BenchRow>> {
     use crate::ops::matmul::{rms_linear, rms_linear_glu};
     use crate::quant::{Packed, QFormat, QMatrix, WeightRef};
@@ -112,19 +113,47 @@ async fn bench_decode_gemvs(gpu: &Gpu, quant: bool, reps: usize, trials: usize) 
         let y = Tensor::empty(gpu, &[1, out_cols], act)?;
         let t = Tensor::empty(gpu, &[1, n], act)?;
         let xin = if k == hid { &x } else { &s };
+        const COPIES: usize = 50;
         let mut rec = Recorder::new(gpu);
-        match kind {
-            0 => rms_linear(&mut rec, &Rows::all(xin), &g, 1e-6, w, Epilogue::default(), &Rows::all(&y), &Rows::all(&h))?,
-            1 => linear(&mut rec, &Rows::all(xin), w, Epilogue { residual: true, ..Default::default() }, &Rows::all(&y))?,
-            _ => rms_linear_glu(&mut rec, &Rows::all(xin), &g, 1e-6, w, &Rows::all(&y), &Rows::all(&h), &Rows::all(&t))?,
+        for _ in 0..COPIES {
+            match kind {
+                0 => rms_linear(&mut rec, &Rows::all(xin), &g, 1e-6, w, Epilogue::default(), &Rows::all(&y), &Rows::all(&h))?,
+                1 => linear(&mut rec, &Rows::all(xin), w, Epilogue { residual: true, ..Default::default() }, &Rows::all(&y))?,
+                _ => rms_linear_glu(&mut rec, &Rows::all(xin), &g, 1e-6, w, &Rows::all(&y), &Rows::all(&h), &Rows::all(&t))?,
+            }
         }
-        let dispatches = rec.len();
-        let (ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+        let dispatches = rec.len() / COPIES;
+        let (list_ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+        let ms = list_ms / COPIES as f64;
         let wbytes = if quant { n * k / 2 + n * (k / 32) * 4 } else { n * k * 2 };
         let flops = 2.0 * (n * k) as f64;
         rows.push(BenchRow { name: format!("decode {name} 1x{k}->{n} w:{wname} ({dispatches} dispatch)"), ms, gflops: flops / ms / 1e6, gbs: wbytes as f64 / ms / 1e6, spread });
     }
     Ok(rows)
+}
+
+/// Decode attention at the 1.3B's shape (16 heads of 128): one query row over `valid` keys of a
+/// `cap`-row cache, with the splits and their combine, ms per step over 50 recorded back to back.
+async fn bench_decode_attention(gpu: &Gpu, cap: usize, valid: usize, reps: usize, trials: usize) -> Result<BenchRow> {
+    const COPIES: usize = 50;
+    let act = if gpu.caps.f16 { DType::F16 } else { DType::F32 };
+    let (heads, d) = (16, 128);
+    let w = heads * d;
+    let mut rng = Rng::new(6);
+    let q = Tensor::from_f32(gpu, &[1, w], act, &rng.normals(w, 1.0))?;
+    let kv = Tensor::from_f32(gpu, &[cap, 2 * w], act, &rng.normals(cap * 2 * w, 1.0))?;
+    let o = Tensor::empty(gpu, &[1, w], act)?;
+    let seq = Tensor::from_u32(gpu, &[2], &[valid as u32 - 1, valid as u32])?;
+    let s = AttnShape { heads, kv_heads: heads, head_dim: d, scale: (d as f32).powf(-0.5), causal: true };
+    let mut rec = Recorder::new(gpu);
+    for _ in 0..COPIES {
+        attention(&mut rec, &Rows::all(&q), &Rows::cols(&kv, 0, w), &Rows::cols(&kv, w, w), &Rows::all(&o), s, &seq)?;
+    }
+    let dispatches = rec.len() / COPIES;
+    let (list_ms, spread) = time_list(gpu, &rec.finish()?, reps, trials).await?;
+    let ms = list_ms / COPIES as f64;
+    let bytes = (2 * valid * w * act.size()) as f64;
+    Ok(BenchRow { name: format!("decode attention {valid} of {cap} keys {heads}x{d} {act} ({dispatches} dispatches)"), ms, gflops: 4.0 * (valid * w) as f64 / ms / 1e6, gbs: bytes / ms / 1e6, spread })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -358,8 +387,11 @@ pub async fn bench_ops(gpu: &Gpu, quick: bool, filter: Option<&str>) -> Result<V
         }
     }
     if want("decode") && !quick {
-        rows.extend(bench_decode_gemvs(gpu, false, reps * 5, trials).await?);
-        rows.extend(bench_decode_gemvs(gpu, true, reps * 5, trials).await?);
+        rows.extend(bench_decode_gemvs(gpu, false, reps, trials).await?);
+        rows.extend(bench_decode_gemvs(gpu, true, reps, trials).await?);
+        for (cap, valid) in [(882, 700), (4096, 700), (4096, 3000)] {
+            rows.push(bench_decode_attention(gpu, cap, valid, reps, trials).await?);
+        }
     }
     if want("dispatch") {
         rows.push(bench_dispatch(gpu, 200, reps, trials).await?);

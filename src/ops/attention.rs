@@ -181,7 +181,7 @@ pub fn attention(rec: &mut Recorder, q: &Rows, k: &Rows, v: &Rows, o: &Rows, s: 
     if splits == 1 {
         return rec.dispatch(&PipelineKey::new(ATTN, &flags, &[]), &params, &[seq, q.t, k.t, v.t, o.t], wg);
     }
-    let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 2)], DType::F32)?;
+    let part = Tensor::empty(rec.gpu, &[q.rows * s.heads * splits * (s.head_dim + 4)], DType::F32)?;
     if decode_kernel {
         let mut f = act_flags(op, dt)?.to_vec();
         f.push("SUBGROUPS");

@@ -282,7 +282,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     }
     let gemv = m <= GEMV_MAX_ROWS;
     // 16-byte loads need K and every row start of x to be multiples of 8 elements.
-    if gemv && k % 8 == 0 && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) {
+    if gemv && k >= 8 && k % 8 == 0 && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) {
         flags.push("VEC");
     }
     let caps = &rec.gpu.caps;
