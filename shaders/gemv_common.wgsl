@@ -73,14 +73,53 @@ fn stage_x(xrow: u32, lid: u32) {
 }
 #endif
 
-// Output columns per group.
+// Output columns per group (ROPE: pairs of columns).
 fn group_cols() -> u32 {
 #ifdef GLU
     return CPG / 2u;
 #else
+#ifdef ROPE
+    return CPG / 2u;
+#else
     return CPG;
 #endif
+#endif
 }
+
+#ifdef ROPE
+// ROPE (with NORM; p.n = column pairs of a q | k | v row): pair j is columns c and c + dim/2 of
+// head j / (dim/2), rotated (q's and k's heads) by position seq[0] + m as rope.wgsl does, but
+// from the f32 sums; k's and v's columns also go to the KV cache row at that position, so
+// neither the rotation nor the append costs a dispatch. Needs `seq`, `inv_freq` and `cache`.
+fn rope_col(j: u32) -> u32 {
+    let half = p.rope_dim / 2u;
+    return (j / half) * p.rope_dim + j % half;
+}
+
+fn rope_store(m: u32, j: u32, a: f32, b: f32) {
+    let half = p.rope_dim / 2u;
+    let c = rope_col(j);
+    let pos = seq[0] + m;
+    var y1 = a;
+    var y2 = b;
+    if (c < p.rope_heads * p.rope_dim) {
+        let sc = sincos(f32(pos) * inv_freq[j % half]);
+        y1 = a * sc.y - b * sc.x;
+        y2 = b * sc.y + a * sc.x;
+    }
+    let v1 = T(y1);
+    let v2 = T(y2);
+    let yi = p.y_off + m * p.y_stride + c;
+    y[yi] = v1;
+    y[yi + half] = v2;
+    if (c >= p.kv_col && pos < p.kv_cap) {
+        // Cache rows hold k | v: the row's columns from kv_col on.
+        let ci = pos * (2u * p.n - p.kv_col) + c - p.kv_col;
+        cache[ci] = v1;
+        cache[ci + half] = v2;
+    }
+}
+#endif
 
 // The weight rows of the group whose first output column is `base`; past-the-end columns
 // recompute the last one (uniform control flow) and store nothing.
@@ -91,7 +130,14 @@ fn group_rows(base: u32) -> vec4<u32> {
     let j1 = min(base + 1u, nl);
     return vec4<u32>(j0, p.n + j0, j1, p.n + j1);
 #else
+#ifdef ROPE
+    let half = p.rope_dim / 2u;
+    let c0 = rope_col(min(base, nl));
+    let c1 = rope_col(min(base + 1u, nl));
+    return vec4<u32>(c0, c0 + half, c1, c1 + half);
+#else
     return vec4<u32>(min(base, nl), min(base + 1u, nl), min(base + 2u, nl), min(base + 3u, nl));
+#endif
 #endif
 }
 
@@ -101,6 +147,15 @@ fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
     return silu_f(t[2u * c] * scale) * (t[2u * c + 1u] * scale);
 #else
     return t[c] * scale;
+#endif
+}
+
+// Writes output column (ROPE: pair) j of row m from the group's row sums t, its c-th.
+fn gemv_store(m: u32, j: u32, t: vec4<f32>, c: u32, scale: f32) {
+#ifdef ROPE
+    rope_store(m, j, t[2u * c] * scale, t[2u * c + 1u] * scale);
+#else
+    finish(m, j, gemv_out(t, c, scale));
 #endif
 }
 
@@ -123,7 +178,7 @@ fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
     if (lid % 32u == 0u) {
         for (var c = 0u; c < cols; c++) {
             if (base + c < p.n) {
-                finish(m, base + c, gemv_out(total, c, scale));
+                gemv_store(m, base + c, total, c, scale);
             }
         }
     }
@@ -155,7 +210,7 @@ fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
 #endif
 #endif
         if (block + lid < p.n) {
-            finish(m, block + lid, gemv_out(total, lid % cols, scale));
+            gemv_store(m, block + lid, total, lid % cols, scale);
         }
     }
 #endif

@@ -2,7 +2,8 @@
 // weight layout. `gemm`: 128x128 tiles for many rows; `gemv`: one workgroup per 8 output
 // columns for a few rows (decode). Flags: F16 (f16 activations, needs SHADER_F16), W_F16 (f16
 // weights read as packed u32 pairs: works on every adapter), VEC (gemv with 16-byte loads; the
-// host picks it when K and the offsets are multiples of 8), NORM and GLU (gemv fusions, below).
+// host picks it when K and the offsets are multiples of 8), NORM and GLU (gemv fusions, below),
+// ROPE (gemv with NORM over a q | k | v row: rotary embedding and KV cache append, gemv_common).
 // Accumulation is always f32.
 
 #ifdef F16
@@ -29,16 +30,28 @@ alias T = f32;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 #endif
 #endif
+#ifdef ROPE
+// gemv with ROPE (and NORM): no bias; the rotation's frequencies in its place.
+@group(0) @binding(3) var<storage, read> inv_freq: array<f32>;
+#else
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
+#endif
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
 #ifdef NORM
 // gemv with NORM: x is the raw residual row; the product is of rmsnorm(x) * g (weight), so the
 // norm costs no dispatch of its own. VEC only.
 @group(0) @binding(5) var<storage, read> g4: array<vec4<f32>>;
 #endif
+#ifdef ROPE
+@group(0) @binding(6) var<storage, read> seq: array<u32>;
+@group(0) @binding(7) var<storage, read_write> cache: array<T>;
+#endif
 
 #include gelu
+#ifndef ROPE
 #include epilogue
+#endif
+#include sincos
 
 
 #ifndef VEC

@@ -16,4 +16,10 @@ struct MatmulParams {
     act: u32,
     // RMS norm epsilon (gemv with NORM)
     eps: f32,
+    // gemv with ROPE (a q | k | v row): head dim, heads rotated (q's and k's), k's first
+    // column, and the KV cache's rows
+    rope_dim: u32,
+    rope_heads: u32,
+    kv_col: u32,
+    kv_cap: u32,
 }

@@ -5,7 +5,7 @@
 // without: d * (q - 8)), F16 (f16 activations, needs SHADER_F16), VEC (gemv reads x as vec4:
 // K a multiple of 32 and x offsets of 4), SUBGROUPS (gemv reduces with subgroupAdd; 32-wide
 // subgroups only), NORM and GLU (qgemv fusions as in matmul.wgsl's gemv: rmsnorm(x) * g as the
-// input; SwiGLU over gate's rows stacked over up's). Accumulation is f32; codes and scales are
+// input; SwiGLU over gate's rows stacked over up's; ROPE as there). Accumulation is f32; codes and scales are
 // read as u32 on every adapter.
 
 #ifdef F16
@@ -24,15 +24,27 @@ alias T = f32;
 #endif
 @group(0) @binding(2) var<storage, read> codes: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
+#ifdef ROPE
+// qgemv with ROPE (and NORM): no bias; the rotation's frequencies in its place.
+@group(0) @binding(4) var<storage, read> inv_freq: array<f32>;
+#else
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
 @group(0) @binding(5) var<storage, read_write> y: array<T>;
 #ifdef NORM
 // The norm weight (K a multiple of 4, so a vec4 never straddles K).
 @group(0) @binding(6) var<storage, read> g4: array<vec4<f32>>;
 #endif
+#ifdef ROPE
+@group(0) @binding(7) var<storage, read> seq: array<u32>;
+@group(0) @binding(8) var<storage, read_write> cache: array<T>;
+#endif
 
 #include gelu
+#ifndef ROPE
 #include epilogue
+#endif
+#include sincos
 #include qdecode
 
 #ifdef ZERO

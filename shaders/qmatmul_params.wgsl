@@ -23,4 +23,10 @@ struct QMatmulParams {
     // RMS norm epsilon (qgemv with NORM)
     eps: f32,
     _pad1: u32,
+    // gemv with ROPE (a q | k | v row): head dim, heads rotated (q's and k's), k's first
+    // column, and the KV cache's rows
+    rope_dim: u32,
+    rope_heads: u32,
+    kv_col: u32,
+    kv_cap: u32,
 }

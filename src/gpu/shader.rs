@@ -47,6 +47,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),
     ("qdecode", include_str!("../../shaders/qdecode.wgsl")),
     ("gemv_common", include_str!("../../shaders/gemv_common.wgsl")),
+    ("sincos", include_str!("../../shaders/sincos.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

@@ -8,8 +8,8 @@ use super::weights::LlmWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::ops::attention::{attention, AttnShape};
-use crate::ops::matmul::{rms_linear, rms_linear_glu, Act, Epilogue};
-use crate::ops::rope::{inv_freq, rope_kv};
+use crate::ops::matmul::{rms_linear, rms_linear_glu, rms_linear_rope_kv, Act, Epilogue};
+use crate::ops::rope::{inv_freq, RopeKv};
 use crate::ops::Rows;
 
 /// Per layer, rows [capacity, 2 * kv_heads * head_dim]: a position's keys then its values, so
@@ -82,9 +82,10 @@ pub fn record_decoder(rec: &mut Recorder, cfg: &LlmConfig, w: &LlmWeights, c: &L
     for (l, lw) in w.layers.iter().enumerate() {
         let kv = &cache.kv[l];
         // x += o(attn(rope(q), rope(k), v)) over norm(x); k and v are appended to the cache.
-        rms_linear(rec, &xr, &lw.input_norm, eps, &lw.qkv.w, Epilogue::default(), &Rows::all(&qkv), &hr)?;
-        // q's and k's heads are adjacent: one rotation over both, appending k | v to the cache.
-        rope_kv(rec, &Rows::all(&qkv), cfg.heads, cfg.kv_heads, hd, &c.inv_freq, seq, kv)?;
+        // q's and k's heads are adjacent: one rotation over both, appending k | v to the cache
+        // (in the product's own dispatch for decode rows).
+        let rope = RopeKv { q_heads: cfg.heads, kv_heads: cfg.kv_heads, dim: hd, inv_freq: &c.inv_freq, seq, cache: kv };
+        rms_linear_rope_kv(rec, &xr, &lw.input_norm, eps, &lw.qkv.w, &Rows::all(&qkv), &rope, &hr)?;
         attention(rec, &Rows::cols(&qkv, 0, qw), &Rows::cols(kv, 0, kvw), &Rows::cols(kv, kvw, kvw), &Rows::all(&a), shape, seq)?;
         apply(rec, &lw.o, &Rows::all(&a), Act::None, true, &xr)?;
         // x += down(silu(gate(h)) * up(h)), h = norm(x): one GEMV for decode rows.

@@ -10,10 +10,12 @@ use crate::error::{Error, Result};
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, RowSplit, Tensor};
 use crate::params_struct;
 use crate::quant::WeightRef;
+use super::rope::RopeKv;
 
 params_struct!(MatmulParams("MatmulParams") {
     m: u32, n: u32, k: u32, x_off: u32, x_stride: u32, y_off: u32, y_stride: u32,
     n_off: u32, bias_off: u32, flags: u32, act: u32, eps: f32,
+    rope_dim: u32, rope_heads: u32, kv_col: u32, kv_cap: u32,
 });
 
 const BINDS: &[Bind] = &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite];
@@ -21,6 +23,13 @@ const GEMM: Kernel = Kernel { shader: "matmul", entry: "gemm", binds: BINDS };
 const GEMV: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: BINDS };
 /// GEMV over rmsnorm(x) * g, the norm weight g bound last.
 const GEMV_NORM: Kernel = Kernel { shader: "matmul", entry: "gemv", binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read] };
+/// GEMV_NORM with the rotary embedding and KV append (ROPE): frequencies in the bias's place,
+/// then seq and the cache.
+const GEMV_NORM_ROPE: Kernel = Kernel {
+    shader: "matmul",
+    entry: "gemv",
+    binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read, Bind::Read, Bind::ReadWrite],
+};
 /// Tensor cores (Caps::coop16): f16 x and W only.
 const GEMM_COOP: Kernel = Kernel { shader: "matmul_coop", entry: "gemm_coop", binds: BINDS };
 /// The tensor-core GEMM with operand tiles staged through workgroup memory (`shaders/matmul_coop_staged.wgsl`).
@@ -77,6 +86,10 @@ pub fn variants() -> Vec<PipelineKey> {
                 v.push(PipelineKey::new(GEMV_NORM, &f, &[]));
                 let xs: Vec<&'static str> = f.iter().copied().chain(["XS"]).collect();
                 v.push(PipelineKey::new(GEMV_NORM, &xs, &[]));
+            }
+            for extra in [&["VEC", "NORM", "ROPE"][..], &["VEC", "SUBGROUPS", "NORM", "ROPE"], &["VEC", "SUBGROUPS", "NORM", "ROPE", "XS"]] {
+                let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
+                v.push(PipelineKey::new(GEMV_NORM_ROPE, &f, &[]));
             }
             for extra in [&["VEC", "XS"][..], &["VEC", "SUBGROUPS", "XS"], &["VEC", "SUBGROUPS", "XS", "GLU"]] {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
@@ -147,7 +160,7 @@ pub(crate) fn gemv_groups(gpu: &Gpu, n: usize, cpg: u32, m: usize) -> [u32; 3] {
 /// y = act(x·Wᵀ + bias) (+ y). x: [M, K] view, w: [N, K] dense (`RowSplit`) or quantised
 /// (`QMatrix`, see `ops::qmatmul`), or a `Weight` holding either; y: [M, N] view.
 pub fn linear<'w>(rec: &mut Recorder, x: &Rows, w: impl Into<WeightRef<'w>>, ep: Epilogue, y: &Rows) -> Result<()> {
-    linear_impl(rec, x, w.into(), ep, y, None, false)
+    linear_impl(rec, x, w.into(), ep, y, None, false, None)
 }
 
 /// Whether `rms_linear` fuses the norm: the GEMV with 16-byte loads takes these rows (for a
@@ -172,10 +185,40 @@ pub(crate) fn glu_fuses(x: &Rows, w: WeightRef) -> bool {
 pub fn rms_linear<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: impl Into<WeightRef<'w>>, ep: Epilogue, y: &Rows, h: &Rows) -> Result<()> {
     let w = w.into();
     if norm_fuses(x, g) {
-        return linear_impl(rec, x, w, ep, y, Some((g, eps)), false);
+        return linear_impl(rec, x, w, ep, y, Some((g, eps)), false, None);
     }
     super::norm::rmsnorm(rec, x, g, eps, h)?;
-    linear_impl(rec, h, w, ep, y, None, false)
+    linear_impl(rec, h, w, ep, y, None, false, None)
+}
+
+/// `rms_linear` into a q | k | v row view `y`, then `rope::rope_kv` (q's and k's heads rotated,
+/// k and v appended to the cache): one GEMV dispatch for decode rows where the norm fuses and
+/// the weight is in one part (`DSVL_FUSE_ROPE=0` keeps the two steps, to compare), else both.
+#[allow(clippy::too_many_arguments)]
+pub fn rms_linear_rope_kv<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w: impl Into<WeightRef<'w>>, y: &Rows, r: &RopeKv, h: &Rows) -> Result<()> {
+    let w = w.into();
+    // The quantised GEMV fuses it with its 16-byte loads only (K a multiple of 32).
+    let (rows, k_ok) = match w {
+        WeightRef::Dense(d) => (d.rows, true),
+        WeightRef::Quant(q) => (q.rows, x.cols.is_multiple_of(32)),
+    };
+    let fits = norm_fuses(x, g)
+        && k_ok
+        && glu_fuses(x, w)
+        && r.dim.is_multiple_of(2)
+        && rows == (r.q_heads + 2 * r.kv_heads) * r.dim
+        && y.cols == rows
+        && r.inv_freq.dtype() == DType::F32
+        && r.inv_freq.len() == r.dim / 2
+        && r.seq.dtype() == DType::U32
+        && matches!(r.cache.shape(), &[_, c] if c == 2 * r.kv_heads * r.dim)
+        && r.cache.dtype() == y.t.dtype()
+        && std::env::var("DSVL_FUSE_ROPE").map_or(true, |v| v != "0");
+    if fits {
+        return linear_impl(rec, x, w, Epilogue::default(), y, Some((g, eps)), false, Some(r));
+    }
+    rms_linear(rec, x, g, eps, w, Epilogue::default(), y, h)?;
+    super::rope::rope_kv(rec, y, r)
 }
 
 /// SwiGLU over `rms_linear`: y = silu(a[:, ..I]) * a[:, I..] with a = linear(rmsnorm(x) * g) and
@@ -195,7 +238,7 @@ pub fn rms_linear_glu<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w:
         return super::elementwise::binary(rec, super::elementwise::Binary::SiluMul, &gate, &up, y);
     }
     if norm_fuses(x, g) {
-        return linear_impl(rec, x, w, Epilogue::default(), y, Some((g, eps)), true);
+        return linear_impl(rec, x, w, Epilogue::default(), y, Some((g, eps)), true, None);
     }
     super::norm::rmsnorm(rec, x, g, eps, h)?;
     linear_glu(rec, h, w, y)
@@ -204,12 +247,13 @@ pub fn rms_linear_glu<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32, w:
 /// y = silu(a[:, ..I]) * a[:, I..] with a = x·Wᵀ ([M, 2I], w gate's rows over up's): GEMV
 /// rows and a weight in one part only (`rms_linear_glu` falls back otherwise).
 pub(crate) fn linear_glu(rec: &mut Recorder, x: &Rows, w: WeightRef, y: &Rows) -> Result<()> {
-    linear_impl(rec, x, w, Epilogue::default(), y, None, true)
+    linear_impl(rec, x, w, Epilogue::default(), y, None, true, None)
 }
 
 /// The product behind `linear`, `rms_linear` and their GLU forms: `norm` fuses rmsnorm(x) * g
 /// into the GEMV, `glu` SwiGLU (y then has half the weight's rows as columns).
-fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool, rope: Option<&RopeKv>) -> Result<()> {
     let op = "linear";
     x.check(op)?;
     y.check(op)?;
@@ -254,9 +298,14 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Row
         return Err(shape_err(op, format!("a fused norm needs at most {GEMV_MAX_ROWS} rows, K a multiple of 4 and an f32 weight of {k}")));
     }
     match w {
-        WeightRef::Dense(w) => dense(rec, x, w, ep, bias, y, norm, glu),
-        WeightRef::Quant(q) => super::qmatmul::qlinear(rec, x, q, ep, bias, y, norm, glu),
+        WeightRef::Dense(w) => dense(rec, x, w, ep, bias, y, norm, glu, rope),
+        WeightRef::Quant(q) => super::qmatmul::qlinear(rec, x, q, ep, bias, y, norm, glu, rope),
     }
+}
+
+/// The GEMVs' ROPE parameters (rope_dim, rope_heads, kv_col, kv_cap); zeros without ROPE.
+pub(crate) fn rope_fields(rope: Option<&RopeKv>) -> [u32; 4] {
+    rope.map_or([0; 4], |r| [r.dim as u32, (r.q_heads + r.kv_heads) as u32, (r.q_heads * r.dim) as u32, r.cache.shape()[0] as u32])
 }
 
 /// The epilogue as the kernels' (flags, act) parameters.
@@ -271,7 +320,7 @@ pub(crate) fn epilogue_params(ep: &Epilogue) -> (u32, u32) {
 
 /// `linear` with a dense weight, after the checks.
 #[allow(clippy::too_many_arguments)]
-fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool) -> Result<()> {
+fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool, rope: Option<&RopeKv>) -> Result<()> {
     let op = "linear";
     let (m, k) = (x.rows, x.cols);
     let mut flags = act_flags(op, x.t.dtype())?.to_vec();
@@ -289,7 +338,8 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         flags.push("SUBGROUPS");
     }
-    let tuning = (gemv_cpg(w.rows, glu), gemv_tuning(w.rows).1);
+    // ROPE groups take columns in pairs, as GLU does.
+    let tuning = (gemv_cpg(w.rows, glu || rope.is_some()), gemv_tuning(w.rows).1);
     let coop = !gemv && coop_fits(rec.gpu, x, w);
     let staged = coop && coop_staged(rec.gpu);
     if norm.is_some() {
@@ -301,10 +351,15 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     if glu {
         flags.push("GLU");
     }
+    if rope.is_some() {
+        flags.push("ROPE");
+    }
     if gemv && gemv_stages_x(rec.gpu, x, flags.contains(&"VEC")) {
         flags.push("XS");
     }
-    let key = if norm.is_some() {
+    let key = if rope.is_some() {
+        PipelineKey::new(GEMV_NORM_ROPE, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else if norm.is_some() {
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
@@ -316,12 +371,13 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         PipelineKey::new(GEMM, &flags, &[])
     };
     let (ep_flags, act) = epilogue_params(&ep);
+    let rf = rope_fields(rope);
     for (row0, part) in &w.parts {
         let pn = part.shape()[0];
         u32_of(op, pn * k)?;
         let params = MatmulParams {
             m: m as u32,
-            n: if glu { pn / 2 } else { pn } as u32,
+            n: if glu || rope.is_some() { pn / 2 } else { pn } as u32,
             k: k as u32,
             x_off: x.off as u32,
             x_stride: x.stride as u32,
@@ -332,6 +388,10 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
             flags: ep_flags,
             act,
             eps: norm.map_or(0.0, |(_, e)| e),
+            rope_dim: rf[0],
+            rope_heads: rf[1],
+            kv_col: rf[2],
+            kv_cap: rf[3],
         };
         let wg = if gemv {
             gemv_groups(rec.gpu, pn, tuning.0, m)
@@ -342,9 +402,10 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         } else {
             [(pn as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
-        match norm {
-            Some((g, _)) => rec.dispatch(&key, &params, &[x.t, part, bias, y.t, g], wg)?,
-            None => rec.dispatch(&key, &params, &[x.t, part, bias, y.t], wg)?,
+        match (norm, rope) {
+            (Some((g, _)), Some(r)) => rec.dispatch(&key, &params, &[x.t, part, r.inv_freq, y.t, g, r.seq, r.cache], wg)?,
+            (Some((g, _)), None) => rec.dispatch(&key, &params, &[x.t, part, bias, y.t, g], wg)?,
+            _ => rec.dispatch(&key, &params, &[x.t, part, bias, y.t], wg)?,
         }
     }
     Ok(())

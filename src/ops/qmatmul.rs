@@ -11,11 +11,13 @@ use crate::check::{self, compare, compare_mag, poisoned, CheckResult, Rng, Tol};
 use crate::error::Result;
 use crate::gpu::{grid, Bind, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::params_struct;
+use super::rope::RopeKv;
 use crate::quant::{Packed, QFormat, QMatrix};
 
 params_struct!(QMatmulParams("QMatmulParams") {
     m: u32, n: u32, k: u32, x_off: u32, x_stride: u32, y_off: u32, y_stride: u32, n_off: u32,
     bias_off: u32, flags: u32, act: u32, group: u32, row_words: u32, row_groups: u32, eps: f32, _pad1: u32,
+    rope_dim: u32, rope_heads: u32, kv_col: u32, kv_cap: u32,
 });
 params_struct!(QEmbedParams("QEmbedParams") {
     n_tok: u32, hidden: u32, row0: u32, part_rows: u32, vocab: u32, group: u32, row_words: u32, row_groups: u32,
@@ -38,6 +40,14 @@ fn format_flags(f: QFormat) -> &'static [&'static str] {
     }
 }
 
+/// QGEMV_NORM with the rotary embedding and KV append (ROPE): frequencies in the bias's place,
+/// then seq and the cache.
+const QGEMV_NORM_ROPE: Kernel = Kernel {
+    shader: "qmatmul",
+    entry: "qgemv",
+    binds: &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Read, Bind::Read, Bind::ReadWrite],
+};
+
 pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
     for act in [&[][..], &["F16"][..]] {
@@ -52,6 +62,10 @@ pub fn variants() -> Vec<PipelineKey> {
                 for fused in [&[][..], &["GLU"], &["NORM"], &["NORM", "GLU"]] {
                     let f: Vec<&'static str> = base.iter().chain(extra).chain(fused).copied().collect();
                     v.push(PipelineKey::new(if fused.contains(&"NORM") { QGEMV_NORM } else { QGEMV }, &f, &[]));
+                }
+                if extra.contains(&"VEC") {
+                    let f: Vec<&'static str> = base.iter().chain(extra).chain(&["NORM", "ROPE"]).copied().collect();
+                    v.push(PipelineKey::new(QGEMV_NORM_ROPE, &f, &[]));
                 }
             }
         }
@@ -69,7 +83,7 @@ fn takes_coop(gpu: &Gpu, x: &Rows) -> bool {
 /// `matmul::linear` with a quantised weight, after its shape, dtype and bias checks (and those
 /// of the GEMV fusions: `norm` rmsnorm(x) * g, `glu` SwiGLU, as in the dense GEMV).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool) -> Result<()> {
+pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, bias: &Tensor, y: &Rows, norm: Option<(&Tensor, f32)>, glu: bool, rope: Option<&RopeKv>) -> Result<()> {
     let op = "linear";
     let (m, k) = (x.rows, x.cols);
     let mut flags = act_flags(op, x.t.dtype())?.to_vec();
@@ -88,13 +102,24 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     if glu {
         flags.push("GLU");
     }
+    if rope.is_some() {
+        flags.push("ROPE");
+    }
     if gemv && super::matmul::gemv_stages_x(rec.gpu, x, flags.contains(&"VEC")) {
         flags.push("XS");
     }
-    let cpg = gemv_cpg(w.rows, glu);
+    // ROPE groups take columns in pairs, as GLU does.
+    let cpg = gemv_cpg(w.rows, glu || rope.is_some());
     let coop = takes_coop(rec.gpu, x);
     let key = if gemv {
-        PipelineKey::new(if norm.is_some() { QGEMV_NORM } else { QGEMV }, &flags, &[("CPG", cpg)])
+        let kernel = if rope.is_some() {
+            QGEMV_NORM_ROPE
+        } else if norm.is_some() {
+            QGEMV_NORM
+        } else {
+            QGEMV
+        };
+        PipelineKey::new(kernel, &flags, &[("CPG", cpg)])
     } else if coop {
         let f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
         PipelineKey::new(QGEMM_COOP, &f, &[])
@@ -103,11 +128,12 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     };
     let (ep_flags, act) = epilogue_params(&ep);
     let l = &w.layout;
+    let rf = super::matmul::rope_fields(rope);
     for part in &w.parts {
         u32_of(op, part.rows * l.row_words)?;
         let params = QMatmulParams {
             m: m as u32,
-            n: if glu { part.rows / 2 } else { part.rows } as u32,
+            n: if glu || rope.is_some() { part.rows / 2 } else { part.rows } as u32,
             k: k as u32,
             x_off: x.off as u32,
             x_stride: x.stride as u32,
@@ -121,6 +147,10 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
             row_words: l.row_words as u32,
             row_groups: l.row_groups as u32,
             eps: norm.map_or(0.0, |(_, e)| e),
+            rope_dim: rf[0],
+            rope_heads: rf[1],
+            kv_col: rf[2],
+            kv_cap: rf[3],
             ..Default::default()
         };
         let wg = if gemv {
@@ -130,9 +160,10 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         } else {
             [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
-        match norm {
-            Some((g, _)) => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t, g], wg)?,
-            None => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t], wg)?,
+        match (norm, rope) {
+            (Some((g, _)), Some(r)) => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, r.inv_freq, y.t, g, r.seq, r.cache], wg)?,
+            (Some((g, _)), None) => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t, g], wg)?,
+            _ => rec.dispatch(&key, &params, &[x.t, &part.codes, &part.scales, bias, y.t], wg)?,
         }
     }
     Ok(())

@@ -56,12 +56,25 @@ pub fn rope(rec: &mut Recorder, x: &Rows, heads: usize, dim: usize, inv_freq: &T
     rec.dispatch(&key, &params, &[seq, inv_freq, x.t], grid(pairs.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
 
+/// What `rope_kv` takes besides the row: q's and kv's head counts, the head dim, the
+/// frequencies, `seq` and the KV cache ([capacity, 2 * kv_heads * dim], k | v per row).
+/// `matmul::rms_linear_rope_kv` fuses it into the q | k | v product.
+#[derive(Clone, Copy)]
+pub struct RopeKv<'a> {
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub dim: usize,
+    pub inv_freq: &'a Tensor,
+    pub seq: &'a Tensor,
+    pub cache: &'a Tensor,
+}
+
 /// For a fused q | k | v row view (`q_heads` + `kv_heads` heads of `dim`, then the values):
 /// rotates q and k in place and appends the rotated keys and the values to `cache` ([capacity,
 /// 2 * kv_heads * dim], rows k | v) at row `seq[0] + r`: `rope` and the KV append in one dispatch.
-#[allow(clippy::too_many_arguments)]
-pub fn rope_kv(rec: &mut Recorder, qkv: &Rows, q_heads: usize, kv_heads: usize, dim: usize, inv_freq: &Tensor, seq: &Tensor, cache: &Tensor) -> Result<()> {
+pub fn rope_kv(rec: &mut Recorder, qkv: &Rows, r: &RopeKv) -> Result<()> {
     let op = "rope_kv";
+    let RopeKv { q_heads, kv_heads, dim, inv_freq, seq, cache } = *r;
     qkv.check(op)?;
     let kvw = kv_heads * dim;
     let heads = q_heads + kv_heads;
@@ -154,7 +167,7 @@ async fn check_rope_kv(gpu: &Gpu) -> CheckResult {
             let seq = Tensor::from_u32(gpu, &[2], &[pos0 as u32, 0])?;
             let inv = Tensor::from_f32(gpu, &[dim / 2], DType::F32, &inv_freq(dim, 10000.0))?;
             let mut rec = Recorder::new(gpu);
-            rope_kv(&mut rec, &Rows::all(&xt), qh, kvh, dim, &inv, &seq, &ct)?;
+            rope_kv(&mut rec, &Rows::all(&xt), &RopeKv { q_heads: qh, kv_heads: kvh, dim, inv_freq: &inv, seq: &seq, cache: &ct })?;
             rec.finish()?.run(gpu).await?;
             // The q and k heads rotated as one block of qh + kvh heads; values as they were.
             let qk: Vec<f32> = (0..rows * (qw + kvw)).map(|i| x[(i / (qw + kvw)) * cols + i % (qw + kvw)]).collect();
@@ -208,4 +221,95 @@ async fn check_rope_replay(gpu: &Gpu) -> CheckResult {
     Ok(format!("4 replays, max abs err {worst:.2e}"))
 }
 
-crate::checks!(check_rope, check_rope_replay, check_rope_kv);
+/// `matmul::rms_linear_rope_kv` fused into one GEMV (decode rows; dense f32/f16 and int8/int4
+/// weights), against rmsnorm, the product, the rotation and the append in f64: the q | k | v
+/// row with q and k rotated, the cache row at seq[0] + r (dropped past the cache), the rest
+/// of the cache untouched.
+async fn check_rope_fused(gpu: &Gpu) -> CheckResult {
+    use crate::ops::matmul::{reference as mm_reference, rms_linear_rope_kv, rms_reference, Act};
+    use crate::quant::{Packed, QFormat, QMatrix, WeightRef};
+    let mut rng = Rng::new(33);
+    let (k, eps) = (64, 1e-6f32);
+    let mut worst = 0.0f64;
+    for dt in check::act_dtypes(gpu) {
+        // (rows, q heads, kv heads, head dim, pos0, cache rows); the last row of the last case
+        // falls past the cache.
+        for (rows, qh, kvh, dim, pos0, cap) in [(1, 2, 2, 64, 7, 9), (2, 4, 2, 32, 3, 8), (1, 2, 1, 128, 40, 44), (2, 2, 2, 64, 8, 9)] {
+            for wk in ["f32", "f16", "q8", "q4z"] {
+                let (qw, kvw) = (qh * dim, kvh * dim);
+                let n = qw + 2 * kvw;
+                let x = check::round_to(dt, &rng.normals(rows * k, 2.0));
+                let g = rng.vec(k, 0.5, 1.5);
+                let init = check::round_to(dt, &rng.normals(cap * 2 * kvw, 1.0));
+                let raw = rng.normals(n * k, (1.0 / k as f32).sqrt());
+                let (dense, q, w): (Option<crate::gpu::RowSplit>, Option<QMatrix>, Vec<f32>);
+                match wk {
+                    "f32" | "f16" => {
+                        let wdt = if wk == "f16" { DType::F16 } else { DType::F32 };
+                        let wv = check::round_to(wdt, &raw);
+                        dense = Some(crate::gpu::RowSplit::from_f32(gpu, n, k, wdt, &wv)?);
+                        (q, w) = (None, wv);
+                    }
+                    _ => {
+                        let fmt = if wk == "q8" { QFormat::q8(32) } else { QFormat::q4(32, true) };
+                        let packed = Packed::quantize(fmt, n, k, &raw)?;
+                        w = packed.dequantize();
+                        q = Some(QMatrix::upload(gpu, &packed)?);
+                        dense = None;
+                    }
+                }
+                let wref: WeightRef = match (&dense, &q) {
+                    (Some(d), _) => d.into(),
+                    (_, Some(q)) => q.into(),
+                    _ => unreachable!(),
+                };
+                let xt = Tensor::from_f32(gpu, &[rows, k], dt, &x)?;
+                let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
+                let yt = check::poisoned(gpu, &[rows, n], dt)?;
+                let ht = check::poisoned(gpu, &[rows, k], dt)?;
+                let ct = Tensor::from_f32(gpu, &[cap, 2 * kvw], dt, &init)?;
+                let seq = Tensor::from_u32(gpu, &[2], &[pos0 as u32, (pos0 + rows) as u32])?;
+                let inv = Tensor::from_f32(gpu, &[dim / 2], DType::F32, &inv_freq(dim, 10000.0))?;
+                let r = RopeKv { q_heads: qh, kv_heads: kvh, dim, inv_freq: &inv, seq: &seq, cache: &ct };
+                let mut rec = Recorder::new(gpu);
+                rms_linear_rope_kv(&mut rec, &Rows::all(&xt), &gt, eps, wref, &Rows::all(&yt), &r, &Rows::all(&ht))?;
+                let what = format!("rms_linear_rope_kv {dt} w:{wk} {rows} rows {qh}+{kvh}x{dim}@{pos0} cap {cap}");
+                if rec.len() != 1 {
+                    return Err(format!("{what}: {} dispatches, expected 1", rec.len()).into());
+                }
+                rec.finish()?.run(gpu).await?;
+                let h = rms_reference(&x, &g, eps, rows, k);
+                let (a, _) = mm_reference(&h, &w, None, rows, k, n, Act::None, None);
+                // Rotate q's and k's heads (as one block) of the f64 product, in f64.
+                let mut want_y = a.clone();
+                let half = dim / 2;
+                let inv_h = inv_freq(dim, 10000.0);
+                for row in 0..rows {
+                    for head in 0..qh + kvh {
+                        for (i, &f) in inv_h.iter().enumerate() {
+                            let ang = ((pos0 + row) as f32 * f) as f64;
+                            let (sn, cs) = ang.sin_cos();
+                            let (c1, c2) = (row * n + head * dim + i, row * n + head * dim + i + half);
+                            want_y[c1] = a[c1] * cs - a[c2] * sn;
+                            want_y[c2] = a[c2] * cs + a[c1] * sn;
+                        }
+                    }
+                }
+                let mut want_c: Vec<f64> = init.iter().map(|&v| v as f64).collect();
+                for row in 0..rows {
+                    if pos0 + row < cap {
+                        for c in 0..2 * kvw {
+                            want_c[(pos0 + row) * 2 * kvw + c] = want_y[row * n + qw + c];
+                        }
+                    }
+                }
+                let tol = if dt == DType::F16 { Tol { abs: 4e-3, rel: 4e-3 } } else { Tol { abs: 2e-5, rel: 1e-4 } };
+                worst = worst.max(compare(&what, &gpu.read_f32(&yt).await?, &want_y, tol)?);
+                worst = worst.max(compare(&format!("{what} cache"), &gpu.read_f32(&ct).await?, &want_c, tol)?);
+            }
+        }
+    }
+    Ok(format!("max abs err {worst:.2e}"))
+}
+
+crate::checks!(check_rope, check_rope_replay, check_rope_kv, check_rope_fused);
