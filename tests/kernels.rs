@@ -23,6 +23,7 @@ kernel_tests!(
     check_rope,
     check_rope_replay,
     check_rope_kv,
+    check_rope_fused,
     check_attention_vit,
     check_attention_causal,
     check_attention_rel_pos,
