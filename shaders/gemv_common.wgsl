@@ -4,73 +4,11 @@
 // subgroups are exactly 32 wide) or workgroup memory with one barrier. NORM: each group covered
 // the whole x row, so the lanes' `sumsq` give the row's RMS. Needs `p` (n, k, eps), `CPG`,
 // `finish` and `silu_f`.
-// XS (VEC only): the x row is staged once per workgroup in `xs` (with NORM: times g, and the
-// row's RMS factor computed there), so the 8 groups read it from workgroup memory instead of
-// each loading x (and g) from storage. Needs `x4` (and `g4`); K at most XS_CAP (the host checks).
 var<workgroup> partial: array<vec4<f32>, 256>;
 #ifdef NORM
 var<workgroup> partial_sq: array<f32, 256>;
 // Sum of squares of this lane's share of the x row.
 var<private> sumsq: f32 = 0.0;
-#endif
-#ifdef XS
-// f32 even for f16 x: rounding x * g to f16 would cost the fused norm accuracy.
-const XS_CAP: u32 = 4096u;
-var<workgroup> xs: array<vec4<f32>, 1024>;
-// The norm factor, computed once by `stage_x` (1 without NORM).
-var<private> xs_scale: f32 = 1.0;
-
-// Copies x[xrow .. xrow + K] (times g with NORM) into xs and, with NORM, sets xs_scale from
-// the row's sum of squares. Called by all 256 invocations; ends with a barrier.
-fn stage_x(xrow: u32, lid: u32) {
-    let x0 = xrow >> 2u;
-    let n4 = min(p.k, XS_CAP) / 4u;
-#ifdef NORM
-    var sq = 0.0;
-    for (var i = lid; i < n4; i += 256u) {
-        let v = vec4<f32>(x4[x0 + i]);
-        sq += dot(v, v);
-        xs[i] = v * g4[i];
-    }
-    // The row's sum of squares: per subgroup (or per invocation), then over the workgroup.
-#ifdef SUBGROUPS
-    let ssum = subgroupAdd(sq);
-    if (lid % 32u == 0u) {
-        partial_sq[lid / 32u] = ssum;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var j = 0u; j < 8u; j++) {
-        total += partial_sq[j];
-    }
-#else
-    partial_sq[lid] = sq;
-    workgroupBarrier();
-    if (lid < 8u) {
-        var s8 = 0.0;
-        for (var j = 0u; j < 32u; j++) {
-            s8 += partial_sq[lid * 32u + j];
-        }
-        partial[lid].x = s8;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var j = 0u; j < 8u; j++) {
-        total += partial[j].x;
-    }
-#endif
-    xs_scale = inverseSqrt(total / f32(p.k) + p.eps);
-#ifndef SUBGROUPS
-    // `partial` is reused by gemv_reduce: everyone has read it first.
-    workgroupBarrier();
-#endif
-#else
-    for (var i = lid; i < n4; i += 256u) {
-        xs[i] = vec4<f32>(x4[x0 + i]);
-    }
-    workgroupBarrier();
-#endif
-}
 #endif
 
 // Output columns per group (ROPE: pairs of columns).
@@ -165,14 +103,10 @@ fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
     let cols = group_cols();
 #ifdef SUBGROUPS
     let total = subgroupAdd(s);
-#ifdef XS
-    let scale = xs_scale;
-#else
 #ifdef NORM
     let scale = inverseSqrt(subgroupAdd(sumsq) / f32(p.k) + p.eps);
 #else
     let scale = 1.0;
-#endif
 #endif
     let base = block + (lid / 32u) * cols;
     if (lid % 32u == 0u) {
@@ -185,9 +119,7 @@ fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
 #else
     partial[lid] = s;
 #ifdef NORM
-#ifndef XS
     partial_sq[lid] = sumsq;
-#endif
 #endif
     workgroupBarrier();
     if (lid < 8u * cols) {
@@ -196,9 +128,6 @@ fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
         for (var l = 0u; l < 32u; l++) {
             total += partial[gg * 32u + l];
         }
-#ifdef XS
-        let scale = xs_scale;
-#else
 #ifdef NORM
         var sq = 0.0;
         for (var l = 0u; l < 32u; l++) {
@@ -207,7 +136,6 @@ fn gemv_reduce(m: u32, lid: u32, block: u32, s: vec4<f32>) {
         let scale = inverseSqrt(sq / f32(p.k) + p.eps);
 #else
         let scale = 1.0;
-#endif
 #endif
         if (block + lid < p.n) {
             gemv_store(m, block + lid, total, lid % cols, scale);

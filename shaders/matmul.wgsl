@@ -158,7 +158,7 @@ override UNROLL: u32 = 1u;
 
 #ifdef VEC
 // 16-byte loads, software-pipelined: each step requests the next chunk's weights before it
-// uses this one's (and the first before the x row is staged), so a lane's loads overlap.
+// uses this one's, so a lane's loads overlap.
 struct X8 {
     a: vec4<f32>,
     b: vec4<f32>,
@@ -166,15 +166,11 @@ struct X8 {
 
 // x[k..k+8] (times g with NORM).
 fn x8(xrow: u32, k: u32) -> X8 {
-#ifdef XS
-    return X8(xs[k >> 2u], xs[(k >> 2u) + 1u]);
-#else
     let xi = (xrow + k) >> 2u;
 #ifdef NORM
     return X8(vec4<f32>(x4[xi]) * g4[k >> 2u], vec4<f32>(x4[xi + 1u]) * g4[(k >> 2u) + 1u]);
 #else
     return X8(vec4<f32>(x4[xi]), vec4<f32>(x4[xi + 1u]));
-#endif
 #endif
 }
 
@@ -218,7 +214,6 @@ fn load_w4(n: vec4<u32>, k: u32) -> W4 {
 }
 
 #ifdef NORM
-#ifndef XS
 fn square8(xrow: u32, k: u32) {
     let xi = (xrow + k) >> 2u;
     let xa = vec4<f32>(x4[xi]);
@@ -226,14 +221,11 @@ fn square8(xrow: u32, k: u32) {
     sumsq += dot(xa, xa) + dot(xb, xb);
 }
 #endif
-#endif
 
 // Sums of the group's rows (those below CPG) over this lane's chunk at k, weights `w`.
 fn chunk4(xrow: u32, k: u32, w: W4) -> vec4<f32> {
 #ifdef NORM
-#ifndef XS
     square8(xrow, k);
-#endif
 #endif
     let x = x8(xrow, k);
     var s = vec4<f32>(w_dot(x, w.r0), 0.0, 0.0, 0.0);
@@ -254,9 +246,6 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let last = p.k - 8u;
     var k = lane * 8u;
     var w = load_w4(n, min(k, last));
-#ifdef XS
-    stage_x(xrow, lid);
-#endif
     var s = vec4<f32>(0.0);
     for (; k < p.k; k += 256u) {
         let next = load_w4(n, min(k + 256u, last));

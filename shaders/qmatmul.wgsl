@@ -106,11 +106,6 @@ fn x_vec(xrow: u32, k: u32) -> vec4<f32> {
 // x[xrow + k .. xrow + k + 32], zero past K.
 fn load_x(xrow: u32, k: u32) -> X32 {
     var r: X32;
-#ifdef XS
-    let i = k >> 2u;
-    r.a0 = vec4<f32>(xs[i]); r.a1 = vec4<f32>(xs[i + 1u]); r.a2 = vec4<f32>(xs[i + 2u]); r.a3 = vec4<f32>(xs[i + 3u]);
-    r.a4 = vec4<f32>(xs[i + 4u]); r.a5 = vec4<f32>(xs[i + 5u]); r.a6 = vec4<f32>(xs[i + 6u]); r.a7 = vec4<f32>(xs[i + 7u]);
-#else
 #ifdef VEC
     let i = (xrow + k) >> 2u;
     r.a0 = vec4<f32>(x4[i]); r.a1 = vec4<f32>(x4[i + 1u]); r.a2 = vec4<f32>(x4[i + 2u]); r.a3 = vec4<f32>(x4[i + 3u]);
@@ -124,7 +119,6 @@ fn load_x(xrow: u32, k: u32) -> X32 {
         dot(r.a4, r.a4) + dot(r.a5, r.a5) + dot(r.a6, r.a6) + dot(r.a7, r.a7);
     r.a0 *= g_vec(k); r.a1 *= g_vec(k + 4u); r.a2 *= g_vec(k + 8u); r.a3 *= g_vec(k + 12u);
     r.a4 *= g_vec(k + 16u); r.a5 *= g_vec(k + 20u); r.a6 *= g_vec(k + 24u); r.a7 *= g_vec(k + 28u);
-#endif
 #endif
 #ifdef ZERO
     // For the offsets' term: m * sum(x) over the chunk.
@@ -200,13 +194,9 @@ fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let n = group_rows(block + g * cols);
     let xrow = p.x_off + m * p.x_stride;
     let chunks = (p.k + 31u) / 32u;
-    // Software-pipelined: each step requests the next chunk's weights before it sums this
-    // one's, and the first are requested before the x row is staged (XS).
+    // Software-pipelined: each step requests the next chunk's weights before it sums this one's.
     var c = lane;
     var w = load_w4(n, min(c, chunks - 1u));
-#ifdef XS
-    stage_x(xrow, lid);
-#endif
     var s = vec4<f32>(0.0);
     for (; c < chunks; c += 32u) {
         let next = load_w4(n, min(c + 32u, chunks - 1u));

@@ -58,7 +58,7 @@ pub fn variants() -> Vec<PipelineKey> {
             if !act.is_empty() {
                 v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
             }
-            for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"], &["VEC", "XS"], &["VEC", "SUBGROUPS", "XS"]] {
+            for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 for fused in [&[][..], &["GLU"], &["NORM"], &["NORM", "GLU"]] {
                     let f: Vec<&'static str> = base.iter().chain(extra).chain(fused).copied().collect();
                     v.push(PipelineKey::new(if fused.contains(&"NORM") { QGEMV_NORM } else { QGEMV }, &f, &[]));
@@ -104,9 +104,6 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     }
     if rope.is_some() {
         flags.push("ROPE");
-    }
-    if gemv && super::matmul::gemv_stages_x(rec.gpu, x, flags.contains(&"VEC")) {
-        flags.push("XS");
     }
     // ROPE groups take columns in pairs, as GLU does.
     let cpg = gemv_cpg(w.rows, glu || rope.is_some());
@@ -241,7 +238,6 @@ async fn check_qlinear(gpu: &Gpu) -> CheckResult {
         c(1, 64, 33, true, Act::None, false),     // GEMV, vec4 x, two groups of 32
         c(3, 40, 7, true, Act::GeluErf, false),   // GEMV, scalar x, K padded to 64
         c(8, 1056, 9, false, Act::None, true),    // GEMV, 33 chunks: lanes with two
-        c(1, 4160, 17, false, Act::None, true),   // GEMV, K past the x row staging
         c(1, 64, 4096, true, Act::None, false),   // GEMV, 2 rows per group
         c(2, 32, 8200, false, Act::None, true),   // GEMV, 4 rows per group, a ragged end
         c(9, 72, 17, true, Act::GeluTanh, false), // GEMM, smallest; K padded
@@ -336,7 +332,6 @@ async fn check_qlinear_fused(gpu: &Gpu) -> CheckResult {
                 (1, 64, 40, true, false, false),    // vec4 x
                 (3, 40, 33, true, false, true),     // scalar x (K not a multiple of 32)
                 (2, 2048, 20, true, false, true),   // long K
-                (1, 4160, 24, true, false, true),   // K past what the x row staging holds
                 (1, 64, 4100, true, false, false),  // 2 rows per group
                 (2, 32, 8200, true, false, true),   // 4 rows per group, a ragged end
                 (12, 64, 20, true, false, false),   // GEMM rows: rmsnorm, then the product
