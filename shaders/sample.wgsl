@@ -31,7 +31,8 @@ struct SampleParams {
     out_off: u32,
     norm_topk: u32,
     bump_step: u32,
-    _pad0: u32,
+    // topk_merge: its input holds sorted runs of this many entries (a power of two), 1 if not
+    run: u32,
     _pad1: u32,
 }
 
@@ -87,8 +88,14 @@ var<workgroup> redi: array<u32, 256>;
 
 // Bitonic sort of sv/si[0 .. p.sort_n) (a power of two <= 1024) into `before` order.
 fn sort_desc(lid: u32) {
+    sort_desc_from(lid, 2u);
+}
+
+// The same network from blocks of `first` on: the blocks of first / 2 must already be sorted,
+// the even ones in `before` order and the odd ones against it, as the earlier stages leave them.
+fn sort_desc_from(lid: u32, first: u32) {
     let n = p.sort_n;
-    for (var size = 2u; size <= n; size = size << 1u) {
+    for (var size = first; size <= n; size = size << 1u) {
         for (var stride = size >> 1u; stride > 0u; stride = stride >> 1u) {
             for (var t = lid; t < n / 2u; t = t + 256u) {
                 let i = 2u * stride * (t / stride) + (t % stride);
@@ -266,8 +273,15 @@ fn topk_first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 fn topk_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let chunk = chunk_id(wid, nwg);
     if (chunk >= p.n_chunks) { return; }
+    // The input is the last stage's sorted runs of p.run (aligned, whole: n is a multiple):
+    // every other run is loaded reversed, so the network starts at blocks of 2 * run.
+    let r = p.run;
     for (var t = lid; t < p.sort_n; t = t + 256u) {
-        let g = chunk * p.sort_n + t;
+        var from_t = t;
+        if (r > 1u && (t & r) != 0u) {
+            from_t = (t & ~(r - 1u)) + (r - 1u - (t & (r - 1u)));
+        }
+        let g = chunk * p.sort_n + from_t;
         if (g < p.n) {
             sv[t] = bitcast<f32>(cin[2u * g]);
             si[t] = cin[2u * g + 1u];
@@ -277,7 +291,7 @@ fn topk_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         }
     }
     workgroupBarrier();
-    sort_desc(lid);
+    sort_desc_from(lid, max(2u, 2u * r));
     for (var t = lid; t < p.keep; t = t + 256u) {
         let o = 2u * (chunk * p.keep + t);
         cand[o] = bitcast<u32>(sv[t]);

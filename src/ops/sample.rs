@@ -34,7 +34,7 @@ use crate::params_struct;
 
 params_struct!(SampleParams("SampleParams") {
     n: u32, inv_temp: f32, seed: u32, gumbel: u32, sort_n: u32, keep: u32, n_chunks: u32, n_cand: u32,
-    top_p: f32, penalty: f32, cap: u32, out_off: u32, norm_topk: u32, bump_step: u32, _pad0: u32, _pad1: u32,
+    top_p: f32, penalty: f32, cap: u32, out_off: u32, norm_topk: u32, bump_step: u32, run: u32, _pad1: u32,
 });
 
 /// Largest top-k (and the candidate count of top-p alone).
@@ -236,6 +236,8 @@ pub fn top_k(rec: &mut Recorder, src: &Tensor, k: usize, temperature: f32) -> Re
     let mut input: Option<Tensor> = None;
     let mut partials: Option<(Tensor, usize)> = None;
     let mut stages = 0;
+    // Entries per sorted run of the stage's input (1: the logits, unsorted).
+    let mut run = 1;
     loop {
         let sort_n = n.next_power_of_two().min(SORT_MAX);
         let keep = k.min(sort_n);
@@ -247,6 +249,7 @@ pub fn top_k(rec: &mut Recorder, src: &Tensor, k: usize, temperature: f32) -> Re
             sort_n: sort_n as u32,
             keep: keep as u32,
             n_chunks: u32_of(op, chunks)?,
+            run: run as u32,
             ..Default::default()
         };
         let wg = groups(rec, chunks, 1)?;
@@ -259,6 +262,9 @@ pub fn top_k(rec: &mut Recorder, src: &Tensor, k: usize, temperature: f32) -> Re
             Some(prev) => rec.dispatch(&key(TOPK_MERGE, "TOPK_MERGE"), &params, &[prev, &pairs], wg)?,
         }
         stages += 1;
+        // The next stage's windows (of sort_n, a power of two) hold whole runs of `keep` when
+        // that is a power of two too: it merges them instead of sorting from scratch.
+        run = if keep.is_power_of_two() { keep } else { 1 };
         n = chunks * keep;
         input = Some(pairs);
         if chunks == 1 {
