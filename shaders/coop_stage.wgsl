@@ -2,7 +2,12 @@
 // shape, the two-stage operand tiles in workgroup memory, the x tile's loads and stores, and the
 // epilogue of one 16x16 result. Needs `p` (m, k, x_off, x_stride, n), `x8` and `finish`.
 const BM: u32 = 64u;
+// BN64: half-width tiles (twice the workgroups, for products too narrow to fill the GPU).
+#ifdef BN64
+const BN: u32 = 64u;
+#else
 const BN: u32 = 128u;
+#endif
 const BK: u32 = 32u;
 // Row pitch of the staged tiles in f16: 8 more than BK keeps rows on different banks.
 const S: u32 = 40u;

@@ -41,9 +41,9 @@ fn put_b(stage: u32, c: u32, v: vec4<u32>) {
 fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m_base = wid.y * BM;
     let n_base = wid.x * BN;
-    // This subgroup's 2 x 4 tiles of 16x16 inside the workgroup's 64 x 128.
+    // This subgroup's 2 x 4 tiles of 16x16 inside the workgroup's 64 x 128 (BN64: 2 x 2 of 64 x 64).
     let mr = (sid / 2u) * 32u;
-    let nr = (sid % 2u) * 64u;
+    let nr = (sid % 2u) * (BN / 2u);
     var c00: coop_mat16x16<f32, C>;
     var c01: coop_mat16x16<f32, C>;
     var c02: coop_mat16x16<f32, C>;
@@ -57,14 +57,18 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var ra1 = load_a(m_base, 0u, t + 128u);
     var rb0 = load_b(n_base, 0u, t);
     var rb1 = load_b(n_base, 0u, t + 128u);
+#ifndef BN64
     var rb2 = load_b(n_base, 0u, t + 256u);
     var rb3 = load_b(n_base, 0u, t + 384u);
+#endif
     put_a(0u, t, ra0);
     put_a(0u, t + 128u, ra1);
     put_b(0u, t, rb0);
     put_b(0u, t + 128u, rb1);
+#ifndef BN64
     put_b(0u, t + 256u, rb2);
     put_b(0u, t + 384u, rb3);
+#endif
     workgroupBarrier();
     for (var s = 0u; s < steps; s++) {
         let cur = s % 2u;
@@ -75,8 +79,10 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             ra1 = load_a(m_base, k1, t + 128u);
             rb0 = load_b(n_base, k1, t);
             rb1 = load_b(n_base, k1, t + 128u);
+#ifndef BN64
             rb2 = load_b(n_base, k1, t + 256u);
             rb3 = load_b(n_base, k1, t + 384u);
+#endif
         }
         let ab = cur * (BM * S) + mr * S;
         let bb = cur * (BN * S) + nr * S;
@@ -85,6 +91,12 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
             let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
+#ifdef BN64
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+#else
             let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
             let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
             c00 = coopMultiplyAdd(a0, b0, c00);
@@ -95,6 +107,7 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             c11 = coopMultiplyAdd(a1, b1, c11);
             c12 = coopMultiplyAdd(a1, b2, c12);
             c13 = coopMultiplyAdd(a1, b3, c13);
+#endif
         }
         if (more) {
             let nxt = 1u - cur;
@@ -102,8 +115,10 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             put_a(nxt, t + 128u, ra1);
             put_b(nxt, t, rb0);
             put_b(nxt, t + 128u, rb1);
+#ifndef BN64
             put_b(nxt, t + 256u, rb2);
             put_b(nxt, t + 384u, rb3);
+#endif
         }
         workgroupBarrier();
     }
@@ -111,10 +126,14 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let n0 = n_base + nr;
     emit(c00, sid, lane, m0, n0);
     emit(c01, sid, lane, m0, n0 + 16u);
+#ifndef BN64
     emit(c02, sid, lane, m0, n0 + 32u);
     emit(c03, sid, lane, m0, n0 + 48u);
+#endif
     emit(c10, sid, lane, m0 + 16u, n0);
     emit(c11, sid, lane, m0 + 16u, n0 + 16u);
+#ifndef BN64
     emit(c12, sid, lane, m0 + 16u, n0 + 32u);
     emit(c13, sid, lane, m0 + 16u, n0 + 48u);
+#endif
 }

@@ -4,7 +4,8 @@
 // (< 128) reads row t's 32 codes (one 16-byte load for int4, two for int8) and their scale,
 // and writes the 32 dequantised values as f16 into workgroup memory; the codes of the next step
 // are loaded before this step's multiplies. A 32-column chunk lies in one group (groups are
-// multiples of 32). k past K reads zeros from x, so the padded codes multiply nothing.
+// multiples of 32). k past K reads zeros from x, so the padded codes multiply nothing. BN64
+// (64-wide tiles): threads t and t + 64 load the same row; the first stages it.
 // Flags as qmatmul.wgsl: Q4 (else int8), ZERO (int4 with offsets). f16 x (16-byte aligned rows).
 enable wgpu_cooperative_matrix;
 
@@ -92,7 +93,7 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let m_base = wid.y * BM;
     let n_base = wid.x * BN;
     let mr = (sid / 2u) * 32u;
-    let nr = (sid % 2u) * 64u;
+    let nr = (sid % 2u) * (BN / 2u);
     var c00: coop_mat16x16<f32, C>;
     var c01: coop_mat16x16<f32, C>;
     var c02: coop_mat16x16<f32, C>;
@@ -104,10 +105,12 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let steps = (p.k + BK - 1u) / BK;
     var ra0 = load_a(m_base, 0u, t);
     var ra1 = load_a(m_base, 0u, t + 128u);
-    var rb = load_b(n_base, 0u, t);
+    var rb = load_b(n_base, 0u, t % BN);
     put_a(0u, t, ra0);
     put_a(0u, t + 128u, ra1);
-    put_b(0u, t, rb);
+    if (t < BN) {
+        put_b(0u, t, rb);
+    }
     workgroupBarrier();
     for (var s = 0u; s < steps; s++) {
         let cur = s % 2u;
@@ -116,7 +119,7 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             let k1 = (s + 1u) * BK;
             ra0 = load_a(m_base, k1, t);
             ra1 = load_a(m_base, k1, t + 128u);
-            rb = load_b(n_base, k1, t);
+            rb = load_b(n_base, k1, t % BN);
         }
         let ab = cur * (BM * S) + mr * S;
         let bb = cur * (BN * S) + nr * S;
@@ -125,6 +128,12 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
             let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
+#ifdef BN64
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+#else
             let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
             let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
             c00 = coopMultiplyAdd(a0, b0, c00);
@@ -135,12 +144,15 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             c11 = coopMultiplyAdd(a1, b1, c11);
             c12 = coopMultiplyAdd(a1, b2, c12);
             c13 = coopMultiplyAdd(a1, b3, c13);
+#endif
         }
         if (more) {
             let nxt = 1u - cur;
             put_a(nxt, t, ra0);
             put_a(nxt, t + 128u, ra1);
-            put_b(nxt, t, rb);
+            if (t < BN) {
+                put_b(nxt, t, rb);
+            }
         }
         workgroupBarrier();
     }
@@ -148,10 +160,14 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let n0 = n_base + nr;
     emit(c00, sid, lane, m0, n0);
     emit(c01, sid, lane, m0, n0 + 16u);
+#ifndef BN64
     emit(c02, sid, lane, m0, n0 + 32u);
     emit(c03, sid, lane, m0, n0 + 48u);
+#endif
     emit(c10, sid, lane, m0 + 16u, n0);
     emit(c11, sid, lane, m0 + 16u, n0 + 16u);
+#ifndef BN64
     emit(c12, sid, lane, m0 + 16u, n0 + 32u);
     emit(c13, sid, lane, m0 + 16u, n0 + 48u);
+#endif
 }

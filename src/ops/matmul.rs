@@ -86,7 +86,16 @@ pub fn variants() -> Vec<PipelineKey> {
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
     v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[]));
+    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64"], &[]));
     v
+}
+
+/// Whether the staged tensor-core GEMMs (f16 and quantised) take 64-wide tiles (flag BN64):
+/// twice the workgroups of the 128-wide tiles, which at 576-616 rows leave most of a large
+/// GPU idle. Faster for every vision and prefill product measured on the H200 (run s5: 55-58
+/// against 64-66 TFLOP/s on the wide ones); `DSVL_GEMM_BN64=0` keeps 128 (to compare).
+pub(crate) fn staged_narrow() -> bool {
+    std::env::var("DSVL_GEMM_BN64").map_or(true, |v| v != "0")
 }
 
 /// Whether tensor-core GEMMs stage their tiles through workgroup memory: where the adapter
@@ -329,6 +338,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     let tuning = (gemv_cpg(w.rows, glu || rope.is_some()), gemv_tuning(w.rows).1);
     let coop = !gemv && coop_fits(rec.gpu, x, w);
     let staged = coop && coop_staged(rec.gpu);
+    let narrow = staged && staged_narrow();
     if norm.is_some() {
         if !flags.contains(&"VEC") {
             return Err(shape_err(op, "a fused norm needs the GEMV's 16-byte loads".into()));
@@ -347,6 +357,8 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else if coop && staged && narrow {
+        PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64"], &[])
     } else if coop && staged {
         PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[])
     } else if coop {
@@ -380,7 +392,7 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         let wg = if gemv {
             gemv_groups(rec.gpu, pn, tuning.0, m)
         } else if coop && staged {
-            [(pn as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
+            [(pn as u32).div_ceil(if narrow { 64 } else { 128 }), (m as u32).div_ceil(64), 1]
         } else if coop {
             [(pn as u32).div_ceil(32 * coop_tuning().0), (m as u32).div_ceil(64), 1]
         } else {

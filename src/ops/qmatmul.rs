@@ -57,6 +57,8 @@ pub fn variants() -> Vec<PipelineKey> {
             v.push(PipelineKey::new(QGATHER, &base, &[]));
             if !act.is_empty() {
                 v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
+                let narrow: Vec<&'static str> = base.iter().copied().chain(["BN64"]).collect();
+                v.push(PipelineKey::new(QGEMM_COOP, &narrow, &[]));
             }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 for fused in [&[][..], &["GLU"], &["NORM"], &["NORM", "GLU"]] {
@@ -108,6 +110,7 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     // ROPE groups take columns in pairs, as GLU does.
     let cpg = gemv_cpg(w.rows, glu || rope.is_some());
     let coop = takes_coop(rec.gpu, x);
+    let narrow = coop && super::matmul::staged_narrow();
     let key = if gemv {
         let kernel = if rope.is_some() {
             QGEMV_NORM_ROPE
@@ -118,7 +121,10 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         };
         PipelineKey::new(kernel, &flags, &[("CPG", cpg)])
     } else if coop {
-        let f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
+        let mut f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
+        if narrow {
+            f.push("BN64");
+        }
         PipelineKey::new(QGEMM_COOP, &f, &[])
     } else {
         PipelineKey::new(QGEMM, &flags, &[])
@@ -153,7 +159,7 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         let wg = if gemv {
             gemv_groups(rec.gpu, part.rows, cpg, m)
         } else if coop {
-            [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(64), 1]
+            [(part.rows as u32).div_ceil(if narrow { 64 } else { 128 }), (m as u32).div_ceil(64), 1]
         } else {
             [(part.rows as u32).div_ceil(128), (m as u32).div_ceil(128), 1]
         };
