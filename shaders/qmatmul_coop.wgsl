@@ -5,7 +5,7 @@
 // and writes the 32 dequantised values as f16 into workgroup memory; the codes of the next step
 // are loaded before this step's multiplies. A 32-column chunk lies in one group (groups are
 // multiples of 32). k past K reads zeros from x, so the padded codes multiply nothing. BN64
-// (64-wide tiles): threads t and t + 64 load the same row; the first stages it.
+// (64-wide tiles): threads t and t + 64 load the same row and stage half of it each.
 // Flags as qmatmul.wgsl: Q4 (else int8), ZERO (int4 with offsets). f16 x (16-byte aligned rows).
 enable wgpu_cooperative_matrix;
 
@@ -88,6 +88,30 @@ fn put_b(stage: u32, t: u32, r: RowCodes) {
 #endif
 }
 
+#ifdef BN64
+// BN64: threads t and t + 64 load row t's codes; each dequantises and stages half of them.
+fn put_b_half(stage: u32, t: u32, r: RowCodes) {
+    let h = t / BN;
+    let at = stage * (BN * S) + (t % BN) * S + 16u * h;
+    let d = r.sc.x;
+    let m = vec4<f32>(r.sc.y);
+#ifdef Q4
+    let w0 = select(r.a.x, r.a.z, h == 1u);
+    let w1 = select(r.a.y, r.a.w, h == 1u);
+    put4(at, d * (nib_lo(w0) - OFF) + m);
+    put4(at + 4u, d * (nib_hi(w0) - OFF) + m);
+    put4(at + 8u, d * (nib_lo(w1) - OFF) + m);
+    put4(at + 12u, d * (nib_hi(w1) - OFF) + m);
+#else
+    let q = select(r.a, r.b, h == 1u);
+    put4(at, d * bytes4(q.x));
+    put4(at + 4u, d * bytes4(q.y));
+    put4(at + 8u, d * bytes4(q.z));
+    put4(at + 12u, d * bytes4(q.w));
+#endif
+}
+#endif
+
 @compute @workgroup_size(128)
 fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m_base = wid.y * BM;
@@ -108,9 +132,11 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var rb = load_b(n_base, 0u, t % BN);
     put_a(0u, t, ra0);
     put_a(0u, t + 128u, ra1);
-    if (t < BN) {
-        put_b(0u, t, rb);
-    }
+#ifdef BN64
+    put_b_half(0u, t, rb);
+#else
+    put_b(0u, t, rb);
+#endif
     workgroupBarrier();
     for (var s = 0u; s < steps; s++) {
         let cur = s % 2u;
@@ -150,9 +176,11 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             let nxt = 1u - cur;
             put_a(nxt, t, ra0);
             put_a(nxt, t + 128u, ra1);
-            if (t < BN) {
-                put_b(nxt, t, rb);
-            }
+#ifdef BN64
+            put_b_half(nxt, t, rb);
+#else
+            put_b(nxt, t, rb);
+#endif
         }
         workgroupBarrier();
     }
