@@ -88,6 +88,22 @@ fn gemv_out(t: vec4<f32>, c: u32, scale: f32) -> f32 {
 #endif
 }
 
+// Where an invocation of a GEMV works: row m of x (workgroup z) starting at xrow, its lane in
+// its group of 32, the workgroup's first output column and the group's weight rows.
+struct GemvAt {
+    m: u32,
+    xrow: u32,
+    lane: u32,
+    block: u32,
+    n: vec4<u32>,
+}
+
+fn gemv_at(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> GemvAt {
+    let cols = group_cols();
+    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
+    return GemvAt(wid.z, p.x_off + wid.z * p.x_stride, lid % 32u, block, group_rows(block + (lid / 32u) * cols));
+}
+
 // Writes output column (ROPE: pair) j of row m from the group's row sums t, its c-th.
 fn gemv_store(m: u32, j: u32, t: vec4<f32>, c: u32, scale: f32) {
 #ifdef ROPE

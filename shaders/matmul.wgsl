@@ -236,23 +236,17 @@ fn chunk4(xrow: u32, k: u32, w: W4) -> vec4<f32> {
 
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let m = wid.z;
-    let g = lid / 32u;
-    let lane = lid % 32u;
-    let cols = group_cols();
-    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
-    let n = group_rows(block + g * cols);
-    let xrow = p.x_off + m * p.x_stride;
+    let at = gemv_at(wid, nwg, lid);
     let last = p.k - 8u;
-    var k = lane * 8u;
-    var w = load_w4(n, min(k, last));
+    var k = at.lane * 8u;
+    var w = load_w4(at.n, min(k, last));
     var s = vec4<f32>(0.0);
     for (; k < p.k; k += 256u) {
-        let next = load_w4(n, min(k + 256u, last));
-        s += chunk4(xrow, k, w);
+        let next = load_w4(at.n, min(k + 256u, last));
+        s += chunk4(at.xrow, k, w);
         w = next;
     }
-    gemv_reduce(m, lid, block, s);
+    gemv_reduce(at.m, lid, at.block, s);
 }
 #else
 fn dot8(xrow: u32, n: u32, k: u32) -> f32 {
@@ -269,17 +263,12 @@ fn chunk4(xrow: u32, n: vec4<u32>, k: u32) -> vec4<f32> {
 
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let m = wid.z;
-    let g = lid / 32u;
-    let lane = lid % 32u;
-    let cols = group_cols();
-    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
-    let base = block + g * cols;
-    let n = group_rows(base);
-    let xrow = p.x_off + m * p.x_stride;
+    let at = gemv_at(wid, nwg, lid);
+    let n = at.n;
+    let xrow = at.xrow;
     let step = 32u;
     var s = vec4<f32>(0.0);
-    var k = lane;
+    var k = at.lane;
     // Main loop: UNROLL chunks with unconditional loads (UNROLL is a pipeline constant, so the
     // branches fold away) so a lane has UNROLL loads of a row in flight at once.
     for (; k + (UNROLL - 1u) * step < p.k; k += UNROLL * step) {
@@ -291,6 +280,6 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (; k < p.k; k += step) {
         s += chunk4(xrow, n, k);
     }
-    gemv_reduce(m, lid, block, s);
+    gemv_reduce(at.m, lid, at.block, s);
 }
 #endif

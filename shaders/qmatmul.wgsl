@@ -186,28 +186,22 @@ fn load_w4(n: vec4<u32>, c: u32) -> W4 {
 
 @compute @workgroup_size(256)
 fn qgemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let m = wid.z;
-    let g = lid / 32u;
-    let lane = lid % 32u;
-    let cols = group_cols();
-    let block = (wid.x + wid.y * nwg.x) * 8u * cols;
-    let n = group_rows(block + g * cols);
-    let xrow = p.x_off + m * p.x_stride;
+    let at = gemv_at(wid, nwg, lid);
     let chunks = (p.k + 31u) / 32u;
     // Software-pipelined: each step requests the next chunk's weights before it sums this one's.
-    var c = lane;
-    var w = load_w4(n, min(c, chunks - 1u));
+    var c = at.lane;
+    var w = load_w4(at.n, min(c, chunks - 1u));
     var s = vec4<f32>(0.0);
     for (; c < chunks; c += 32u) {
-        let next = load_w4(n, min(c + 32u, chunks - 1u));
-        let xc = load_x(xrow, c * 32u);
+        let next = load_w4(at.n, min(c + 32u, chunks - 1u));
+        let xc = load_x(at.xrow, c * 32u);
         var d = vec4<f32>(dot_w(xc, w.r0), 0.0, 0.0, 0.0);
         if (CPG > 1u) { d.y = dot_w(xc, w.r1); }
         if (CPG > 2u) { d.z = dot_w(xc, w.r2); d.w = dot_w(xc, w.r3); }
         s += d;
         w = next;
     }
-    gemv_reduce(m, lid, block, s);
+    gemv_reduce(at.m, lid, at.block, s);
 }
 
 #ifndef VEC
