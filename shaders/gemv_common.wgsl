@@ -2,8 +2,9 @@
 // workgroup, CPG weight rows per group; which rows a group takes (GLU: pairs j, p.n + j), and
 // the reduction of a group's 32 lanes into its outputs: subgroupAdd (flag SUBGROUPS, only when
 // subgroups are exactly 32 wide) or workgroup memory with one barrier. NORM: each group covered
-// the whole x row, so the lanes' `sumsq` give the row's RMS. Needs `p` (n, k, eps), `CPG`,
-// `finish` and `silu_f`.
+// the whole x row, so the lanes' `sumsq` give the row's RMS. Needs `p` (n, k, eps, x_off,
+// x_stride; ROPE: rope_dim, rope_heads, kv_col, kv_cap), `CPG`, `silu_f`, and `finish` (ROPE:
+// `sincos`, `seq`, `inv_freq`, `cache` instead).
 var<workgroup> partial: array<vec4<f32>, 256>;
 #ifdef NORM
 var<workgroup> partial_sq: array<f32, 256>;
