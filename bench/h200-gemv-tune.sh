@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GEMV tuning sweep on the lent H200 (same carry as h200-ops.sh): columns per 32-lane group x
 # k-unroll (x subgroup reduction when SWEEP_SG=1); each variant is checked before it is timed.
+# Since 2026-11-30 the unroll only steps the scalar GEMV (odd K); the 16-byte one is pipelined.
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig

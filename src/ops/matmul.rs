@@ -126,7 +126,7 @@ pub(crate) fn coop_x_fits(gpu: &Gpu, x: &Rows) -> bool {
 }
 
 /// GEMV columns per 32-lane group (1, 2 or 4) for `n` output columns, and k-chunks per step
-/// (1, 2 or 4). Columns per group: the most that still gives `GEMV_MIN_GROUPS` workgroups, so
+/// (1, 2 or 4; the scalar path's only). Columns per group: the most that still gives `GEMV_MIN_GROUPS` workgroups, so
 /// narrow products (2048 outputs: 64 workgroups at 4 per group) do not leave most of a large
 /// GPU idle. `DSVL_GEMV_CPG` / `DSVL_GEMV_UNROLL` override them for tuning.
 pub(crate) fn gemv_tuning(n: usize) -> (u32, u32) {
@@ -207,6 +207,7 @@ pub fn rms_linear_rope_kv<'w>(rec: &mut Recorder, x: &Rows, g: &Tensor, eps: f32
         && r.inv_freq.dtype() == DType::F32
         && r.inv_freq.len() == r.dim / 2
         && r.seq.dtype() == DType::U32
+        && !r.seq.is_empty()
         && matches!(r.cache.shape(), &[_, c] if c == 2 * r.kv_heads * r.dim)
         && r.cache.dtype() == y.t.dtype()
         && std::env::var("DSVL_FUSE_ROPE").map_or(true, |v| v != "0");
@@ -334,8 +335,10 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     if gemv && caps.subgroups && caps.subgroup_min == 32 && caps.subgroup_max == 32 {
         flags.push("SUBGROUPS");
     }
-    // ROPE groups take columns in pairs, as GLU does.
-    let tuning = (gemv_cpg(w.rows, glu || rope.is_some()), gemv_tuning(w.rows).1);
+    // ROPE groups take columns in pairs, as GLU does. The 16-byte path is software-pipelined:
+    // UNROLL steps only the scalar one (1 elsewhere, so no twin pipelines).
+    let unroll = if flags.contains(&"VEC") { 1 } else { gemv_tuning(w.rows).1 };
+    let tuning = (gemv_cpg(w.rows, glu || rope.is_some()), unroll);
     let coop = !gemv && coop_fits(rec.gpu, x, w);
     let staged = coop && coop_staged(rec.gpu);
     let narrow = staged && staged_narrow();

@@ -261,7 +261,7 @@ async fn check_rope_fused(gpu: &Gpu) -> CheckResult {
                 let wref: WeightRef = match (&dense, &q) {
                     (Some(d), _) => d.into(),
                     (_, Some(q)) => q.into(),
-                    _ => unreachable!(),
+                    (None, None) => return Err(format!("rope_fused: no weight built for {wk}").into()),
                 };
                 let xt = Tensor::from_f32(gpu, &[rows, k], dt, &x)?;
                 let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
