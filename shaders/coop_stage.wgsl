@@ -1,6 +1,6 @@
 // The staged tensor-core GEMMs' shared pieces (matmul_coop_staged.wgsl, qmatmul_coop.wgsl): tile
 // shape, the two-stage operand tiles in workgroup memory, the x tile's loads and stores, and the
-// epilogue of one 16x16 result. Needs `p` (m, k, x_off, x_stride, n), `x8` and `finish`.
+// epilogue of one 16x16 result. Needs `p` (m, k, x_off, x_stride, n), `x8: array<H8>` and `finish`.
 const BM: u32 = 64u;
 // BN64: half-width tiles (twice the workgroups, for products too narrow to fill the GPU).
 #ifdef BN64
@@ -19,30 +19,29 @@ var<workgroup> Bs: array<vec4<f16>, 2u * BN * S / SE>; // 2 stages x BN x S
 // One 16x16 f32 result per subgroup at a time, row-major, for the epilogue.
 var<workgroup> cs: array<f32, 1024>;
 
+// 8 consecutive f16 of a row, as two 8-byte halves: loaded and staged as f16, with no
+// conversion on the way (an earlier u32 load needed two per value: naga's bitcast does not
+// take u32 to f16 vectors).
+struct H8 {
+    lo: vec4<f16>,
+    hi: vec4<f16>,
+}
+
+const H8_ZERO = H8(vec4<f16>(0.0h), vec4<f16>(0.0h));
+
 // The 16-byte piece `c` (of BK/8 per row, row c / 4) of the x tile at (m0, k0); zero past K.
-// Kept as loaded until `put_a`: converting here would wait for the load at once, and the
-// next step's loads are meant to fly while this step multiplies.
-fn load_a(m0: u32, k0: u32, c: u32) -> vec4<u32> {
+// Kept in registers until `put_a`, so the next step's loads fly while this step multiplies.
+fn load_a(m0: u32, k0: u32, c: u32) -> H8 {
     let m = min(m0 + c / 4u, p.m - 1u);
     let k = k0 + 8u * (c % 4u);
-    if (k >= p.k) { return vec4<u32>(0u); }
+    if (k >= p.k) { return H8_ZERO; }
     return x8[(p.x_off + m * p.x_stride + k) / 8u];
 }
 
-// The first and last 4 of 8 f16 held as 4 u32 pairs (naga's bitcast does not take u32 to f16
-// vectors; the f32 round trip is exact).
-fn lo4(v: vec4<u32>) -> vec4<f16> {
-    return vec4<f16>(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)));
-}
-
-fn hi4(v: vec4<u32>) -> vec4<f16> {
-    return vec4<f16>(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
-}
-
-fn put_a(stage: u32, c: u32, v: vec4<u32>) {
+fn put_a(stage: u32, c: u32, v: H8) {
     let at = (stage * (BM * S) + (c / 4u) * S + 8u * (c % 4u)) / 4u;
-    As[at] = lo4(v);
-    As[at + 1u] = hi4(v);
+    As[at] = v.lo;
+    As[at + 1u] = v.hi;
 }
 
 // Writes one subgroup's 16x16 tile at (mc, nc), the parts inside the matrix.

@@ -13,8 +13,8 @@ alias T = f16;
 #include matmul_params
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
-@group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> w8: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> x8: array<H8>;
+@group(0) @binding(2) var<storage, read> w8: array<H8>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f16>;
 
@@ -24,17 +24,17 @@ alias T = f16;
 #include coop_stage
 
 // The 16-byte piece `c` (row c / 4) of the W tile at (n0, k0); zero past K.
-fn load_b(n0: u32, k0: u32, c: u32) -> vec4<u32> {
+fn load_b(n0: u32, k0: u32, c: u32) -> H8 {
     let n = min(n0 + c / 4u, p.n - 1u);
     let k = k0 + 8u * (c % 4u);
-    if (k >= p.k) { return vec4<u32>(0u); }
+    if (k >= p.k) { return H8_ZERO; }
     return w8[(n * p.k + k) / 8u];
 }
 
-fn put_b(stage: u32, c: u32, v: vec4<u32>) {
+fn put_b(stage: u32, c: u32, v: H8) {
     let at = (stage * (BN * S) + (c / 4u) * S + 8u * (c % 4u)) / 4u;
-    Bs[at] = lo4(v);
-    Bs[at + 1u] = hi4(v);
+    Bs[at] = v.lo;
+    Bs[at + 1u] = v.hi;
 }
 
 @compute @workgroup_size(128)

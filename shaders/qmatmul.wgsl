@@ -124,8 +124,26 @@ fn load_x(xrow: u32, k: u32) -> X32 {
     // For the offsets' term: m * sum(x) over the chunk.
     r.sum = dot(r.a0 + r.a1 + r.a2 + r.a3 + r.a4 + r.a5 + r.a6 + r.a7, vec4<f32>(1.0));
 #endif
+#ifdef Q4
+    // Int4 codes are decoded in place (nib_placed): x carries the 16^-i.
+    r.a0 *= UNPLACE; r.a1 *= UNPLACE; r.a2 *= UNPLACE; r.a3 *= UNPLACE;
+    r.a4 *= UNPLACE; r.a5 *= UNPLACE; r.a6 *= UNPLACE; r.a7 *= UNPLACE;
+#endif
     return r;
 }
+
+#ifdef Q4
+// Codes 0..3 of w left in place, (q_i - OFF) * 16^i: one mask-or and one subtraction each, no
+// shifts (qdecode's trick; bits 0..15 stay inside the mantissa). Exact, and so is the product
+// with x * 16^-i: powers of two, so the sums match nib_lo's bit for bit.
+const PLACE = vec4<f32>(1.0, 16.0, 256.0, 4096.0);
+const UNPLACE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+const NIB_SUB = vec4<f32>(MAGIC_F) + OFF * PLACE;
+fn nib_placed(w: u32) -> vec4<f32> {
+    let q = vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
+    return bitcast<vec4<f32>>(q | vec4<u32>(MAGIC)) - NIB_SUB;
+}
+#endif
 
 // One row's codes for chunk c (int8: two vec4s) and its (d, m), as loaded: decoded only where
 // used, so the loads can fly while the previous chunk is summed.
@@ -154,8 +172,8 @@ fn load_w(n: u32, c: u32) -> WChunk {
 fn dot_w(xc: X32, w: WChunk) -> f32 {
     let q = w.q0;
 #ifdef Q4
-    let s = dot(xc.a0, nib_lo(q.x) - OFF) + dot(xc.a1, nib_hi(q.x) - OFF) + dot(xc.a2, nib_lo(q.y) - OFF) + dot(xc.a3, nib_hi(q.y) - OFF) +
-        dot(xc.a4, nib_lo(q.z) - OFF) + dot(xc.a5, nib_hi(q.z) - OFF) + dot(xc.a6, nib_lo(q.w) - OFF) + dot(xc.a7, nib_hi(q.w) - OFF);
+    let s = dot(xc.a0, nib_placed(q.x)) + dot(xc.a1, nib_placed(q.x >> 16u)) + dot(xc.a2, nib_placed(q.y)) + dot(xc.a3, nib_placed(q.y >> 16u)) +
+        dot(xc.a4, nib_placed(q.z)) + dot(xc.a5, nib_placed(q.z >> 16u)) + dot(xc.a6, nib_placed(q.w)) + dot(xc.a7, nib_placed(q.w >> 16u));
 #else
     let q1 = w.q1;
     let s = dot(xc.a0, bytes4(q.x)) + dot(xc.a1, bytes4(q.y)) + dot(xc.a2, bytes4(q.z)) + dot(xc.a3, bytes4(q.w)) +
@@ -228,7 +246,7 @@ fn w8(n: u32, k: u32) -> W8 {
     let sc = scale_of(n, k / p.group);
 #ifdef Q4
     let w = word(n * p.row_words + (k >> 3u));
-    return W8(fma(vec4<f32>(sc.x), nib_lo(w) - OFF, vec4<f32>(sc.y)), fma(vec4<f32>(sc.x), nib_hi(w) - OFF, vec4<f32>(sc.y)));
+    return W8(fma(vec4<f32>(sc.x), nib_lo_minus(w, OFF), vec4<f32>(sc.y)), fma(vec4<f32>(sc.x), nib_hi_minus(w, OFF), vec4<f32>(sc.y)));
 #else
     let i = n * p.row_words + (k >> 2u);
     return W8(sc.x * bytes4(word(i)), sc.x * bytes4(word(i + 1u)));

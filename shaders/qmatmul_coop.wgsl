@@ -14,7 +14,7 @@ alias T = f16;
 #include qmatmul_params
 
 @group(0) @binding(0) var<uniform> p: QMatmulParams;
-@group(0) @binding(1) var<storage, read> x8: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> x8: array<H8>;
 @group(0) @binding(2) var<storage, read> codes: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
@@ -68,14 +68,14 @@ fn put_b(stage: u32, t: u32, r: RowCodes) {
     let d = r.sc.x;
     let m = vec4<f32>(r.sc.y);
 #ifdef Q4
-    put4(at, d * (nib_lo(r.a.x) - OFF) + m);
-    put4(at + 4u, d * (nib_hi(r.a.x) - OFF) + m);
-    put4(at + 8u, d * (nib_lo(r.a.y) - OFF) + m);
-    put4(at + 12u, d * (nib_hi(r.a.y) - OFF) + m);
-    put4(at + 16u, d * (nib_lo(r.a.z) - OFF) + m);
-    put4(at + 20u, d * (nib_hi(r.a.z) - OFF) + m);
-    put4(at + 24u, d * (nib_lo(r.a.w) - OFF) + m);
-    put4(at + 28u, d * (nib_hi(r.a.w) - OFF) + m);
+    put4(at, fma(vec4<f32>(d), nib_lo_minus(r.a.x, OFF), m));
+    put4(at + 4u, fma(vec4<f32>(d), nib_hi_minus(r.a.x, OFF), m));
+    put4(at + 8u, fma(vec4<f32>(d), nib_lo_minus(r.a.y, OFF), m));
+    put4(at + 12u, fma(vec4<f32>(d), nib_hi_minus(r.a.y, OFF), m));
+    put4(at + 16u, fma(vec4<f32>(d), nib_lo_minus(r.a.z, OFF), m));
+    put4(at + 20u, fma(vec4<f32>(d), nib_hi_minus(r.a.z, OFF), m));
+    put4(at + 24u, fma(vec4<f32>(d), nib_lo_minus(r.a.w, OFF), m));
+    put4(at + 28u, fma(vec4<f32>(d), nib_hi_minus(r.a.w, OFF), m));
 #else
     put4(at, d * bytes4(r.a.x));
     put4(at + 4u, d * bytes4(r.a.y));
@@ -98,10 +98,10 @@ fn put_b_half(stage: u32, t: u32, r: RowCodes) {
 #ifdef Q4
     let w0 = select(r.a.x, r.a.z, h == 1u);
     let w1 = select(r.a.y, r.a.w, h == 1u);
-    put4(at, d * (nib_lo(w0) - OFF) + m);
-    put4(at + 4u, d * (nib_hi(w0) - OFF) + m);
-    put4(at + 8u, d * (nib_lo(w1) - OFF) + m);
-    put4(at + 12u, d * (nib_hi(w1) - OFF) + m);
+    put4(at, fma(vec4<f32>(d), nib_lo_minus(w0, OFF), m));
+    put4(at + 4u, fma(vec4<f32>(d), nib_hi_minus(w0, OFF), m));
+    put4(at + 8u, fma(vec4<f32>(d), nib_lo_minus(w1, OFF), m));
+    put4(at + 12u, fma(vec4<f32>(d), nib_hi_minus(w1, OFF), m));
 #else
     let q = select(r.a, r.b, h == 1u);
     put4(at, d * bytes4(q.x));
