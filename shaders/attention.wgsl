@@ -537,13 +537,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 @group(0) @binding(3) var<storage, read_write> o: array<T>;
 
 // One workgroup of 256 per (row, head): invocation t takes the vec4 of dims t % D4 over every
-// SL-th split from t / D4, so the splits' loads overlap instead of forming one chain; the SL
-// sums are then added through workgroup memory. The splits' (max, sum) pairs are loaded by one
-// invocation each (at most 64 splits: `split_plan`).
+// SL-th split from t / D4 and merges them as an online softmax does (its own running max, its
+// sums rescaled as it rises), so the splits' loads overlap and no invocation walks all of them;
+// the SL merges of each dim are then combined through workgroup memory.
 const SL: u32 = 256u / D4;
 const P4: u32 = D4 + 1u;
-var<workgroup> cw: array<f32, 64>;
-var<workgroup> cl: array<f32, 64>;
+var<workgroup> cm: array<vec2<f32>, 256>;
 var<workgroup> cacc: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(256)
@@ -553,37 +552,38 @@ fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let split_len = split_keys();
     let used = min(p.splits, (visible_keys(i) + split_len - 1u) / split_len);
     let base = (i * p.heads + h) * p.splits * P4;
-    if (t < 64u) {
-        var ms = NEG;
-        var ls = 0.0;
-        if (t < used) {
-            let st = part4[base + t * P4 + D4];
-            ms = st.x;
-            ls = st.y;
-        }
-        cw[t] = ms;
-        cl[t] = ls;
-    }
-    workgroupBarrier();
-    var mx = NEG;
-    for (var s = 0u; s < used; s++) {
-        mx = max(mx, cw[s]);
-    }
-    var total = 0.0;
-    for (var s = 0u; s < used; s++) {
-        total += exp(cw[s] - mx) * cl[s];
-    }
     let d4 = t % D4;
+    // (max, sum) of the splits merged so far and their rescaled accumulators. Every used split
+    // saw a key, so the first one's weight exp(NEG - max) clears the empty start.
+    var m = NEG;
+    var l = 0.0;
     var a = vec4<f32>(0.0);
     for (var s = t / D4; s < used; s += SL) {
-        a += exp(cw[s] - mx) * part4[base + s * P4 + d4];
+        let st = part4[base + s * P4 + D4];
+        let acc = part4[base + s * P4 + d4];
+        let mn = max(m, st.x);
+        let c = exp(m - mn);
+        let w = exp(st.x - mn);
+        a = a * c + w * acc;
+        l = l * c + w * st.y;
+        m = mn;
     }
+    cm[t] = vec2<f32>(m, l);
     cacc[t] = a;
     workgroupBarrier();
     if (t < D4) {
-        var sum = vec4<f32>(0.0);
+        var mx = NEG;
         for (var j = 0u; j < SL; j++) {
-            sum += cacc[j * D4 + t];
+            mx = max(mx, cm[j * D4 + t].x);
+        }
+        var sum = vec4<f32>(0.0);
+        var total = 0.0;
+        for (var j = 0u; j < SL; j++) {
+            // An invocation past the used splits merged nothing: max NEG, weight 0.
+            let e = cm[j * D4 + t];
+            let c = select(0.0, exp(e.x - mx), e.x > NEG);
+            sum += c * cacc[j * D4 + t];
+            total += c * e.y;
         }
         let r = sum / total;
         let ob = p.o_off + i * p.o_stride + h * D + 4u * t;
