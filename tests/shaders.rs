@@ -1,5 +1,7 @@
 //! Shader checks that need no GPU: every pipeline variant preprocesses, parses and validates
-//! with naga, every shader file is used, and every Rust parameter struct matches its WGSL twin.
+//! with naga and translates to SPIR-V as wgpu does for Vulkan (so the tensor-core variants, which
+//! lavapipe cannot run, are translated too), every shader file is used, and every Rust parameter
+//! struct matches its WGSL twin.
 
 use dsvl_gpu::gpu::shader;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
@@ -18,7 +20,19 @@ fn every_variant_validates() {
         let info = Validator::new(ValidationFlags::all(), Capabilities::all())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
-        drop(info);
+        // As wgpu does on Vulkan: the key's override constants applied, then SPIR-V 1.6 (what
+        // it writes for a Vulkan 1.3 device such as the H200's).
+        let mut constants = naga::back::PipelineConstants::default();
+        for (name, value) in &key.constants {
+            constants.insert(name.to_string(), f64::from(*value));
+        }
+        let entry = (naga::ShaderStage::Compute, key.kernel.entry);
+        let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some(entry), &constants)
+            .unwrap_or_else(|e| panic!("{key}: overrides: {e}"));
+        let spv = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
+        let stage = naga::back::spv::PipelineOptions { entry_point: key.kernel.entry.to_string(), shader_stage: naga::ShaderStage::Compute };
+        let words = naga::back::spv::write_vec(&module, &info, &spv, Some(&stage)).unwrap_or_else(|e| panic!("{key}: SPIR-V: {e}"));
+        assert_eq!(words.first(), Some(&0x0723_0203), "{key}: not a SPIR-V module");
         assert!(
             module.entry_points.iter().any(|ep| ep.name == key.kernel.entry),
             "{key}: no entry point {}",
