@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A against B in one device call: `.bin/old` (a build of the base commit) and `.bin/dsvl-gpu`
-# (the change), alternating, on the real 1.3B shapes: kernel checks of B, `bench-ops` rows for
-# each filter in $OPS, then `dsvl-gpu bench` for each quant in $QUANTS, $ROUNDS times each way.
-# Build both here (strip, gzip -9 into .bin), carry [".gl", ".bin"], command: bash bench/h200-ab.sh
+# Arms compared in one device call: `.bin/old` (a build of the base commit), `.bin/dsvl-gpu`
+# (the change), and the change with each setting in $ENVS (e.g. ENVS="DSVL_GEMM_BK64=1"), on
+# the real 1.3B shapes: kernel checks of every new arm, `bench-ops` rows for each filter in $OPS,
+# then `dsvl-gpu bench` for each quant in $QUANTS, the arms alternating, $ROUNDS rounds.
+# Build both here (strip, gzip -9 into .bin; docs/PERFORMANCE.md says how), carry
+# [".gl", ".bin"], command: bash bench/h200-ab.sh   (log: $OUT/h200-ab.log)
 set -uo pipefail
 source bench/h200-env.sh h200-ab.log
 D=/tmp/dsvl-1.3b
@@ -11,28 +13,32 @@ OPS=${OPS:-"decode"}
 ROUNDS=${ROUNDS:-2}
 for f in .bin/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
 chmod +x .bin/*
-step "kernel checks (B)"
-./.bin/dsvl-gpu selftest-kernels 2>&1 | grep -v "^ok "
+# An arm is "binary|settings".
+arms=("old|" "dsvl-gpu|")
+for e in ${ENVS:-}; do arms+=("dsvl-gpu|$e"); done
+arm() { local a=$1; shift; env ${a#*|} "./.bin/${a%%|*}" "$@"; }
+for a in "${arms[@]:1}"; do
+    step "kernel checks ($a)"
+    arm "$a" selftest-kernels 2>&1 | grep -v "^ok "
+done
 for f in $OPS; do
-    for b in old dsvl-gpu; do
-        step "bench-ops --only $f ($b)"
-        ./.bin/$b bench-ops --only "$f" 2>&1 | grep "^|"
+    for a in "${arms[@]}"; do
+        step "bench-ops --only $f ($a)"
+        arm "$a" bench-ops --only "$f" 2>&1 | grep "^|"
     done
 done
 step make checkpoint
 [ -f "$D/model.safetensors" ] || python3 bench/real_shapes.py make "$D" || exit 1
 for q in $QUANTS; do
     for r in $(seq "$ROUNDS"); do
-        for b in old dsvl-gpu; do
-            step "bench --quant $q ($b, round $r)"
-            ./.bin/$b bench --model "$D" --quant "$q" 2>&1 | grep -E "vision|prefill|first token|decode|peak"
+        for a in "${arms[@]}"; do
+            step "bench --quant $q ($a, round $r)"
+            arm "$a" bench --model "$D" --quant "$q" 2>&1 | grep -E "vision|prefill|first token|decode|peak"
         done
     done
 done
-if [ -n "${PROFILE:-}" ]; then
-    for q in $PROFILE; do
-        step "bench --quant $q --profile (B)"
-        ./.bin/dsvl-gpu bench --model "$D" --quant "$q" --profile 2>&1 | grep -v "loading weights"
-    done
-fi
+for q in ${PROFILE:-}; do
+    step "bench --quant $q --profile (dsvl-gpu)"
+    ./.bin/dsvl-gpu bench --model "$D" --quant "$q" --profile 2>&1 | grep -v "loading weights"
+done
 step done

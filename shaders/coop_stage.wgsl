@@ -8,9 +8,16 @@ const BN: u32 = 64u;
 #else
 const BN: u32 = 128u;
 #endif
+// BK64 (with BN64 only): 64-deep k steps, half the barriers per product.
+#ifdef BK64
+const BK: u32 = 64u;
+#else
 const BK: u32 = 32u;
+#endif
 // Row pitch of the staged tiles in f16: 8 more than BK keeps rows on different banks.
-const S: u32 = 40u;
+const S: u32 = BK + 8u;
+// 16-byte pieces per tile row.
+const PR: u32 = BK / 8u;
 // The tiles live in vec4<f16> slots (one 8-byte store per 4 values; 2-byte stores were 20%
 // slower, run m): the cooperative loads count offsets and strides in slots of SE elements.
 const SE: u32 = 4u;
@@ -29,17 +36,17 @@ struct H8 {
 
 const H8_ZERO = H8(vec4<f16>(0.0h), vec4<f16>(0.0h));
 
-// The 16-byte piece `c` (of BK/8 per row, row c / 4) of the x tile at (m0, k0); zero past K.
+// The 16-byte piece `c` (of PR per row, row c / PR) of the x tile at (m0, k0); zero past K.
 // Kept in registers until `put_a`, so the next step's loads fly while this step multiplies.
 fn load_a(m0: u32, k0: u32, c: u32) -> H8 {
-    let m = min(m0 + c / 4u, p.m - 1u);
-    let k = k0 + 8u * (c % 4u);
+    let m = min(m0 + c / PR, p.m - 1u);
+    let k = k0 + 8u * (c % PR);
     if (k >= p.k) { return H8_ZERO; }
     return x8[(p.x_off + m * p.x_stride + k) / 8u];
 }
 
 fn put_a(stage: u32, c: u32, v: H8) {
-    let at = (stage * (BM * S) + (c / 4u) * S + 8u * (c % 4u)) / 4u;
+    let at = (stage * (BM * S) + (c / PR) * S + 8u * (c % PR)) / 4u;
     As[at] = v.lo;
     As[at + 1u] = v.hi;
 }

@@ -6,6 +6,8 @@
 // this step's multiplies and stored after them, so one barrier per step suffices. Rows past M
 // or N repeat the last row (their results are not stored); k past K reads zeros.
 // Same parameters and epilogue as matmul.wgsl; f16 x and W (16-byte aligned rows), f32 sums.
+// Flags (coop_stage.wgsl): BN64 (64 x 64 tiles), BK64 (with BN64: 64-deep steps, each thread
+// copying 4 pieces of each tile; 40 KiB of workgroup memory).
 enable wgpu_cooperative_matrix;
 
 alias T = f16;
@@ -25,14 +27,14 @@ alias T = f16;
 
 // The 16-byte piece `c` (row c / 4) of the W tile at (n0, k0); zero past K.
 fn load_b(n0: u32, k0: u32, c: u32) -> H8 {
-    let n = min(n0 + c / 4u, p.n - 1u);
-    let k = k0 + 8u * (c % 4u);
+    let n = min(n0 + c / PR, p.n - 1u);
+    let k = k0 + 8u * (c % PR);
     if (k >= p.k) { return H8_ZERO; }
     return w8[(n * p.k + k) / 8u];
 }
 
 fn put_b(stage: u32, c: u32, v: H8) {
-    let at = (stage * (BN * S) + (c / 4u) * S + 8u * (c % 4u)) / 4u;
+    let at = (stage * (BN * S) + (c / PR) * S + 8u * (c % PR)) / 4u;
     Bs[at] = v.lo;
     Bs[at + 1u] = v.hi;
 }
@@ -55,6 +57,12 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let steps = (p.k + BK - 1u) / BK;
     var ra0 = load_a(m_base, 0u, t);
     var ra1 = load_a(m_base, 0u, t + 128u);
+#ifdef BK64
+    var ra2 = load_a(m_base, 0u, t + 256u);
+    var ra3 = load_a(m_base, 0u, t + 384u);
+    var rb2 = load_b(n_base, 0u, t + 256u);
+    var rb3 = load_b(n_base, 0u, t + 384u);
+#endif
     var rb0 = load_b(n_base, 0u, t);
     var rb1 = load_b(n_base, 0u, t + 128u);
 #ifndef BN64
@@ -63,6 +71,12 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 #endif
     put_a(0u, t, ra0);
     put_a(0u, t + 128u, ra1);
+#ifdef BK64
+    put_a(0u, t + 256u, ra2);
+    put_a(0u, t + 384u, ra3);
+    put_b(0u, t + 256u, rb2);
+    put_b(0u, t + 384u, rb3);
+#endif
     put_b(0u, t, rb0);
     put_b(0u, t + 128u, rb1);
 #ifndef BN64
@@ -77,6 +91,12 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             let k1 = (s + 1u) * BK;
             ra0 = load_a(m_base, k1, t);
             ra1 = load_a(m_base, k1, t + 128u);
+#ifdef BK64
+            ra2 = load_a(m_base, k1, t + 256u);
+            ra3 = load_a(m_base, k1, t + 384u);
+            rb2 = load_b(n_base, k1, t + 256u);
+            rb3 = load_b(n_base, k1, t + 384u);
+#endif
             rb0 = load_b(n_base, k1, t);
             rb1 = load_b(n_base, k1, t + 128u);
 #ifndef BN64
@@ -113,6 +133,12 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
             let nxt = 1u - cur;
             put_a(nxt, t, ra0);
             put_a(nxt, t + 128u, ra1);
+#ifdef BK64
+            put_a(nxt, t + 256u, ra2);
+            put_a(nxt, t + 384u, ra3);
+            put_b(nxt, t + 256u, rb2);
+            put_b(nxt, t + 384u, rb3);
+#endif
             put_b(nxt, t, rb0);
             put_b(nxt, t + 128u, rb1);
 #ifndef BN64

@@ -87,6 +87,7 @@ pub fn variants() -> Vec<PipelineKey> {
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
     v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[]));
     v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64"], &[]));
+    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64", "BK64"], &[]));
     v
 }
 
@@ -96,6 +97,17 @@ pub fn variants() -> Vec<PipelineKey> {
 /// against 64-66 TFLOP/s on the wide ones); `DSVL_GEMM_BN64=0` keeps 128 (to compare).
 pub(crate) fn staged_narrow() -> bool {
     std::env::var("DSVL_GEMM_BN64").map_or(true, |v| v != "0")
+}
+
+/// Workgroup memory of the staged f16 GEMM with 64-wide tiles and 64-deep steps (BK64):
+/// two stages of a 64 x 72 f16 tile each for x and W, and the 4 KiB epilogue tile.
+const STAGED_BK64_WG_BYTES: u32 = 2 * 2 * 64 * 72 * 2 + 4096;
+
+/// Whether the staged f16 GEMM with 64-wide tiles takes 64-deep k steps (flag BK64: half the
+/// barriers per product). Off unless `DSVL_GEMM_BK64=1`: it has not been timed yet, so it
+/// stays a candidate to compare (docs/PERFORMANCE.md) until a device run decides.
+fn staged_deep(gpu: &Gpu) -> bool {
+    gpu.caps.max_workgroup_storage >= STAGED_BK64_WG_BYTES && std::env::var("DSVL_GEMM_BK64").is_ok_and(|v| v == "1")
 }
 
 /// Whether tensor-core GEMMs stage their tiles through workgroup memory: where the adapter
@@ -360,6 +372,8 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
+    } else if coop && staged && narrow && staged_deep(rec.gpu) {
+        PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64", "BK64"], &[])
     } else if coop && staged && narrow {
         PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64"], &[])
     } else if coop && staged {
