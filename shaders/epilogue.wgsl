@@ -1,6 +1,7 @@
 // The linear layers' epilogue, shared by matmul, matmul_coop and qmatmul (included after
 // `gelu`): y[m, n_off + n] = act(acc + bias[bias_off + n]) (+ y). Needs `p` (flags, act,
-// bias_off, y_off, y_stride, n_off), `bias`, `y` and the alias `T` from the including shader.
+// bias_off, y_off, y_stride, n_off), `bias`, `y` and the alias `T` from the including shader
+// (Y_F32: `y` is f32 whatever `T` is).
 fn finish(m: u32, n: u32, acc: f32) {
     var v = acc;
     if ((p.flags & 1u) != 0u) {
@@ -15,5 +16,9 @@ fn finish(m: u32, n: u32, acc: f32) {
     if ((p.flags & 2u) != 0u) {
         v += f32(y[i]);
     }
+#ifdef Y_F32
+    y[i] = v;
+#else
     y[i] = T(v);
+#endif
 }

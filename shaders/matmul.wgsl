@@ -12,6 +12,14 @@ alias T = f16;
 alias T = f32;
 #endif
 
+// Y_F32 (GEMV rows only): f32 output from f16 activations (the logits, so sampling reads them
+// unrounded and no widening dispatch follows).
+#ifdef Y_F32
+alias Y = f32;
+#else
+alias Y = T;
+#endif
+
 #include matmul_params
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -36,7 +44,7 @@ alias T = f32;
 #else
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 #endif
-@group(0) @binding(4) var<storage, read_write> y: array<T>;
+@group(0) @binding(4) var<storage, read_write> y: array<Y>;
 #ifdef NORM
 // gemv with NORM: x is the raw residual row; the product is of rmsnorm(x) * g (weight), so the
 // norm costs no dispatch of its own. VEC only.

@@ -14,6 +14,14 @@ alias T = f16;
 alias T = f32;
 #endif
 
+// Y_F32 (GEMV rows only): f32 output from f16 activations (the logits, so sampling reads them
+// unrounded and no widening dispatch follows).
+#ifdef Y_F32
+alias Y = f32;
+#else
+alias Y = T;
+#endif
+
 #include qmatmul_params
 
 @group(0) @binding(0) var<uniform> p: QMatmulParams;
@@ -30,7 +38,7 @@ alias T = f32;
 #else
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
-@group(0) @binding(5) var<storage, read_write> y: array<T>;
+@group(0) @binding(5) var<storage, read_write> y: array<Y>;
 #ifdef NORM
 // The norm weight (K a multiple of 4, so a vec4 never straddles K).
 @group(0) @binding(6) var<storage, read> g4: array<vec4<f32>>;

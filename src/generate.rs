@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, ReplayTiming, StepList, Tensor};
 use crate::model::llama::{record_decoder, KvCache, LogitRows};
 use crate::model::vlm::Model;
-use crate::ops::convert::{convert, Source};
 use crate::ops::embedding::{gather, image_positions};
 use crate::ops::sample::{advance, sample, History, Sampling};
 
@@ -233,16 +232,8 @@ impl<'m> Session<'m> {
         let hist_ids = Tensor::from_u32(gpu, &[total], &hist_init)?;
         let hist_count = Tensor::from_u32(gpu, &[1], &[m as u32])?;
         let history = History { ids: &hist_ids, count: &hist_count };
-        // Sampling reads f32 logits; with f16 activations the head's output is widened first.
+        // Sampling reads f32 logits: the head writes them as f32 whatever the activations are.
         let logits = Tensor::empty(gpu, &[1, cfg.vocab], DType::F32)?;
-        let head_out = if act == DType::F32 { logits.clone() } else { Tensor::empty(gpu, &[1, cfg.vocab], act)? };
-        let widen = |rec: &mut Recorder| -> Result<()> {
-            if act == DType::F32 {
-                return Ok(());
-            }
-            let raw = head_out.bitcast(DType::U32, &[cfg.vocab.div_ceil(2)])?;
-            convert(rec, &raw, cfg.vocab, Source::F16, &logits.reshape(&[cfg.vocab])?)
-        };
 
         let (vision, image_rows) = if new_images.is_empty() {
             (None, None)
@@ -256,8 +247,7 @@ impl<'m> Session<'m> {
             (Some(list), rows)
         };
         let mut rec = Recorder::new(gpu);
-        model.record_prefill(&mut rec, &self.cache, new_ids, keep, image_rows.as_ref().map(|r| (r, &new_positions[..])), LogitRows::Last, &head_out)?;
-        widen(&mut rec)?;
+        model.record_prefill(&mut rec, &self.cache, new_ids, keep, image_rows.as_ref().map(|r| (r, &new_positions[..])), LogitRows::Last, &logits)?;
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;
         let prefill = rec.finish()?;
@@ -266,8 +256,7 @@ impl<'m> Session<'m> {
         let mut rec = Recorder::new(gpu);
         let x1 = Tensor::empty(gpu, &[1, cfg.hidden], act)?;
         gather(&mut rec, &token, &model.weights.llm.embed, &x1)?;
-        record_decoder(&mut rec, cfg, &model.weights.llm, model.consts(), &self.cache, &x1, &seq, LogitRows::Last, &head_out)?;
-        widen(&mut rec)?;
+        record_decoder(&mut rec, cfg, &model.weights.llm, model.consts(), &self.cache, &x1, &seq, LogitRows::Last, &logits)?;
         sample(&mut rec, &logits, &opts.sampling, &step, Some(&history), &token, 0)?;
         advance(&mut rec, &token, 0, &history, &step, true)?;
         let decode = rec.finish()?;

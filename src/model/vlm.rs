@@ -122,8 +122,10 @@ impl Model {
         let mut rec = Recorder::new(gpu);
         let image_rows = self.record_images(&mut rec, images)?;
         let cache = KvCache::new(gpu, &cfg.llm, m, self.act)?;
-        let n = if rows == LogitRows::All { m } else { 1 };
-        let logits = Tensor::empty(gpu, &[n, cfg.llm.vocab], self.act)?;
+        // The last row's logits come as f32 from the head's GEMV; every row's, from a GEMM, in
+        // the activations' dtype.
+        let (n, dtype) = if rows == LogitRows::All { (m, self.act) } else { (1, DType::F32) };
+        let logits = Tensor::empty(gpu, &[n, cfg.llm.vocab], dtype)?;
         self.record_prefill(&mut rec, &cache, ids, 0, image_rows.as_ref().map(|r| (r, &positions[..])), rows, &logits)?;
         rec.finish()?.run(gpu).await?;
         gpu.read_f32(&logits).await

@@ -82,6 +82,13 @@ pub fn variants() -> Vec<PipelineKey> {
                 let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
                 v.push(PipelineKey::new(GEMV_NORM_ROPE, &f, &[]));
             }
+            // f32 logits from f16 activations.
+            if !act.is_empty() {
+                for extra in [&["Y_F32"][..], &["Y_F32", "VEC", "SUBGROUPS"], &["Y_F32", "VEC", "NORM"], &["Y_F32", "VEC", "SUBGROUPS", "NORM"]] {
+                    let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
+                    v.push(PipelineKey::new(if extra.contains(&"NORM") { GEMV_NORM } else { GEMV }, &f, &[]));
+                }
+            }
         }
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
@@ -284,8 +291,10 @@ fn linear_impl(rec: &mut Recorder, x: &Rows, w: WeightRef, ep: Epilogue, y: &Row
     if x.t.same_buffer(y.t) {
         return Err(shape_err(op, "x and y share a buffer".into()));
     }
-    if y.t.dtype() != x.t.dtype() {
-        return Err(Error::DType { op, dtype: y.t.dtype().name().into(), detail: format!("output must match x ({})", x.t.dtype()) });
+    // f32 output from f16 x (flag Y_F32): GEMV rows without SwiGLU or RoPE (the logits).
+    let widened = y.t.dtype() == DType::F32 && x.t.dtype() == DType::F16 && m <= GEMV_MAX_ROWS && !glu && rope.is_none();
+    if y.t.dtype() != x.t.dtype() && !widened {
+        return Err(Error::DType { op, dtype: y.t.dtype().name().into(), detail: format!("output must match x ({}), or be f32 for at most {GEMV_MAX_ROWS} rows", x.t.dtype()) });
     }
     act_flags(op, x.t.dtype())?;
     let dummy;
@@ -333,6 +342,9 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
     let op = "linear";
     let (m, k) = (x.rows, x.cols);
     let mut flags = act_flags(op, x.t.dtype())?.to_vec();
+    if y.t.dtype() != x.t.dtype() {
+        flags.push("Y_F32");
+    }
     match w.dtype {
         DType::F32 => {}
         DType::F16 => flags.push("W_F16"),
@@ -574,15 +586,17 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
     for act_dt in check::act_dtypes(gpu) {
         for w_dt in [DType::F32, DType::F16] {
             // Output widths giving 1, 2 and 4 columns per GEMV group.
-            for (m, k, n, residual) in [(1, 64, 40, false), (3, 2048, 33, true), (12, 64, 20, true), (1, 16, 4100, false), (2, 16, 8200, true)] {
+            // (m, k, n, residual, f32 output): the last, f16 x with f32 output (Y_F32, the logits).
+            for (m, k, n, residual, wide) in [(1, 64, 40, false, false), (3, 2048, 33, true, false), (12, 64, 20, true, false), (1, 16, 4100, false, false), (2, 16, 8200, true, false), (1, 2048, 300, false, true), (3, 40, 33, true, true)] {
+                let out_dt = if wide { DType::F32 } else { act_dt };
                 let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
                 let g = rng.normals(k, 1.0);
                 let w = check::round_to(w_dt, &rng.normals(n * k, (1.0 / k as f32).sqrt()));
-                let prev = check::round_to(act_dt, &rng.normals(m * n, 1.0));
+                let prev = check::round_to(out_dt, &rng.normals(m * n, 1.0));
                 let xt = Tensor::from_f32(gpu, &[m, k], act_dt, &x)?;
                 let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
                 let wt = RowSplit::from_f32(gpu, n, k, w_dt, &w)?;
-                let yt = if residual { Tensor::from_f32(gpu, &[m, n], act_dt, &prev)? } else { poisoned(gpu, &[m, n], act_dt)? };
+                let yt = if residual { Tensor::from_f32(gpu, &[m, n], out_dt, &prev)? } else { poisoned(gpu, &[m, n], out_dt)? };
                 let ht = poisoned(gpu, &[m, k], act_dt)?;
                 let mut rec = Recorder::new(gpu);
                 let ep = Epilogue { residual, ..Default::default() };
@@ -595,8 +609,9 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
                     h = check::round_to(act_dt, &h);
                 }
                 let (want, mag) = reference(&h, &w, None, m, k, n, Act::None, residual.then_some(&prev[..]));
-                let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
-                worst = worst.max(compare_mag(&format!("rms_linear {m}x{k}x{n} x:{act_dt} w:{w_dt}"), &got, &want, &mag, tol, 1e-5)?);
+                // f16 output adds its rounding; f32 output from f16 x only the f32 sums' error.
+                let tol = if out_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
+                worst = worst.max(compare_mag(&format!("rms_linear {m}x{k}x{n} x:{act_dt} w:{w_dt} y:{out_dt}"), &got, &want, &mag, tol, 1e-5)?);
             }
         }
     }

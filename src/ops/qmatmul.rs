@@ -69,6 +69,13 @@ pub fn variants() -> Vec<PipelineKey> {
                     let f: Vec<&'static str> = base.iter().chain(extra).chain(&["NORM", "ROPE"]).copied().collect();
                     v.push(PipelineKey::new(QGEMV_NORM_ROPE, &f, &[]));
                 }
+                // f32 logits from f16 activations.
+                if !act.is_empty() {
+                    for fused in [&[][..], &["NORM"]] {
+                        let f: Vec<&'static str> = base.iter().chain(extra).chain(fused).chain(&["Y_F32"]).copied().collect();
+                        v.push(PipelineKey::new(if fused.is_empty() { QGEMV } else { QGEMV_NORM }, &f, &[]));
+                    }
+                }
             }
         }
     }
@@ -90,6 +97,9 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
     let (m, k) = (x.rows, x.cols);
     let mut flags = act_flags(op, x.t.dtype())?.to_vec();
     flags.extend(format_flags(w.fmt));
+    if y.t.dtype() != x.t.dtype() {
+        flags.push("Y_F32");
+    }
     let gemv = m <= GEMV_MAX_ROWS;
     if gemv && k.is_multiple_of(32) && x.off.is_multiple_of(4) && x.stride.is_multiple_of(4) {
         flags.push("VEC");
@@ -334,27 +344,31 @@ async fn check_qlinear_fused(gpu: &Gpu) -> CheckResult {
             // (m, k, output columns, norm, glu, residual). With GLU, 8 output columns per
             // workgroup (2 weight rows per group) or 16 (4 per group, from 8200 rows); every width
             // leaves a ragged last workgroup.
-            for (m, k, cols, norm, glu, residual) in [
-                (1, 64, 40, true, false, false),    // vec4 x
-                (3, 40, 33, true, false, true),     // scalar x (K not a multiple of 32)
-                (2, 2048, 20, true, false, true),   // long K
-                (1, 64, 4100, true, false, false),  // 2 rows per group
-                (2, 32, 8200, true, false, true),   // 4 rows per group, a ragged end
-                (12, 64, 20, true, false, false),   // GEMM rows: rmsnorm, then the product
-                (1, 64, 33, false, true, false),    // vec4 x
-                (3, 36, 7, false, true, false),     // scalar x, K padded
-                (2, 32, 4100, false, true, false),  // 4 rows per group
-                (1, 64, 33, true, true, false),
-                (4, 40, 21, true, true, false),     // norm with scalar x
-                (1, 256, 2050, true, true, false),  // 2 rows per group
-                (12, 64, 20, true, true, false),    // GEMM rows: product, then SiluMul
+            for (m, k, cols, norm, glu, residual, wide) in [
+                (1, 64, 40, true, false, false, false),    // vec4 x
+                (3, 40, 33, true, false, true, false),     // scalar x (K not a multiple of 32)
+                (2, 2048, 20, true, false, true, false),   // long K
+                (1, 64, 4100, true, false, false, false),  // 2 rows per group
+                (2, 32, 8200, true, false, true, false),   // 4 rows per group, a ragged end
+                (12, 64, 20, true, false, false, false),   // GEMM rows: rmsnorm, then the product
+                (1, 64, 33, false, true, false, false),    // vec4 x
+                (3, 36, 7, false, true, false, false),     // scalar x, K padded
+                (2, 32, 4100, false, true, false, false),  // 4 rows per group
+                (1, 64, 33, true, true, false, false),
+                (4, 40, 21, true, true, false, false),     // norm with scalar x
+                (1, 256, 2050, true, true, false, false),  // 2 rows per group
+                (12, 64, 20, true, true, false, false),    // GEMM rows: product, then SiluMul
+                (1, 2048, 300, true, false, false, true), // f32 output (Y_F32: the logits)
+                (3, 40, 33, true, false, true, true),     // the same, scalar x
             ] {
                 let n = if glu { 2 * cols } else { cols };
+                // f32 output from f16 x where asked (the same as act_dt with f32 activations).
+                let out_dt = if wide { DType::F32 } else { act_dt };
                 let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
                 let g = rng.normals(k, 1.0);
                 let packed = Packed::quantize(fmt, n, k, &rng.normals(n * k, (1.0 / k as f32).sqrt()))?;
                 let mut deq = packed.dequantize();
-                let prev = check::round_to(act_dt, &rng.normals(m * cols, 1.0));
+                let prev = check::round_to(out_dt, &rng.normals(m * cols, 1.0));
                 let xt = Tensor::from_f32(gpu, &[m, k], act_dt, &x)?;
                 let gt = Tensor::from_f32(gpu, &[k], DType::F32, &g)?;
                 let wt = QMatrix::upload(gpu, &packed)?;
@@ -367,11 +381,11 @@ async fn check_qlinear_fused(gpu: &Gpu) -> CheckResult {
                 if !in_kernel && act_dt == DType::F16 {
                     continue;
                 }
-                let what = format!("qlinear {fmt} {m}x{k}x{n} x:{act_dt} norm:{norm} glu:{glu}");
+                let what = format!("qlinear {fmt} {m}x{k}x{n} x:{act_dt} y:{out_dt} norm:{norm} glu:{glu}");
                 let (got, fused) = if glu {
                     super::matmul::run_glu(gpu, &xt, norm.then_some((&gt, eps)), (&wt).into(), cols).await?
                 } else {
-                    let yt = if residual { Tensor::from_f32(gpu, &[m, n], act_dt, &prev)? } else { poisoned(gpu, &[m, n], act_dt)? };
+                    let yt = if residual { Tensor::from_f32(gpu, &[m, n], out_dt, &prev)? } else { poisoned(gpu, &[m, n], out_dt)? };
                     let ht = poisoned(gpu, &[m, k], act_dt)?;
                     let mut rec = Recorder::new(gpu);
                     let ep = Epilogue { residual, ..Default::default() };
@@ -386,7 +400,7 @@ async fn check_qlinear_fused(gpu: &Gpu) -> CheckResult {
                 let h = if norm { super::matmul::rms_reference(&x, &g, eps, m, k) } else { x.clone() };
                 let (a, amag) = reference(&h, &deq, None, m, k, n, Act::None, (residual && !glu).then_some(&prev[..]));
                 let (want, mag) = if glu { super::matmul::glu_reference(&a, &amag, m, cols) } else { (a, amag) };
-                let tol = if act_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
+                let tol = if out_dt == DType::F16 { Tol { abs: 1e-6, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 0.0 } };
                 worst = worst.max(compare_mag(&what, &got, &want, &mag, tol, 2e-5)?);
             }
         }
