@@ -1,6 +1,7 @@
 // Row normalisation, one workgroup per row: LayerNorm (weight, bias, eps; biased variance as
 // torch) and RMSNorm (weight, eps; as Llama: x * rsqrt(mean(x^2) + eps) * weight).
 // Weight and bias are f32; activations f32 or (F16) f16; statistics in f32, two passes.
+// SUBGROUPS: the row sums reduce through subgroupAdd (see reduce_sum).
 
 #ifdef F16
 alias T = f16;
@@ -27,6 +28,28 @@ struct NormParams {
 
 var<workgroup> red: array<f32, 256>;
 
+#ifdef SUBGROUPS
+// SUBGROUPS (any subgroup size): each subgroup sums with subgroupAdd and its first lane leaves
+// the sum in `red`; every invocation then adds the subgroups' sums. Two barriers where the
+// tree below takes nine. The entry points set the subgroup's place first.
+var<private> sg_id: u32;
+var<private> sg_lane: u32;
+var<private> sg_count: u32;
+
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    let s = subgroupAdd(v);
+    if (sg_lane == 0u) {
+        red[sg_id] = s;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < sg_count; i++) {
+        total += red[i];
+    }
+    workgroupBarrier();
+    return total;
+}
+#else
 fn reduce_sum(lid: u32, v: f32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
@@ -40,9 +63,19 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+#endif
 
 @compute @workgroup_size(256)
-fn layernorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn layernorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+#ifdef SUBGROUPS
+    @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) sl: u32, @builtin(num_subgroups) ns: u32,
+#endif
+) {
+#ifdef SUBGROUPS
+    sg_id = sid;
+    sg_lane = sl;
+    sg_count = ns;
+#endif
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.rows) { return; }
     let xb = p.x_off + r * p.x_stride;
@@ -64,7 +97,16 @@ fn layernorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 }
 
 @compute @workgroup_size(256)
-fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+#ifdef SUBGROUPS
+    @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) sl: u32, @builtin(num_subgroups) ns: u32,
+#endif
+) {
+#ifdef SUBGROUPS
+    sg_id = sid;
+    sg_lane = sl;
+    sg_count = ns;
+#endif
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.rows) { return; }
     let xb = p.x_off + r * p.x_stride;

@@ -18,9 +18,12 @@ const SOFTMAX: Kernel = Kernel { shader: "softmax", entry: "softmax", binds: &[B
 pub fn variants() -> Vec<PipelineKey> {
     let mut v = Vec::new();
     for f in [&[][..], &["F16"][..]] {
-        v.push(PipelineKey::new(LAYERNORM, f, &[]));
-        v.push(PipelineKey::new(RMSNORM, f, &[]));
         v.push(PipelineKey::new(SOFTMAX, f, &[]));
+        for sub in [&[][..], &["SUBGROUPS"][..]] {
+            let flags: Vec<&'static str> = f.iter().chain(sub).copied().collect();
+            v.push(PipelineKey::new(LAYERNORM, &flags, &[]));
+            v.push(PipelineKey::new(RMSNORM, &flags, &[]));
+        }
     }
     v
 }
@@ -51,7 +54,11 @@ fn norm(rec: &mut Recorder, kernel: Kernel, x: &Rows, weight: &Tensor, bias: Opt
         eps,
         _pad0: 0,
     };
-    let key = PipelineKey::new(kernel, act_flags(op, x.t.dtype())?, &[]);
+    let mut flags = act_flags(op, x.t.dtype())?.to_vec();
+    if rec.gpu.caps.subgroups {
+        flags.push("SUBGROUPS");
+    }
+    let key = PipelineKey::new(kernel, &flags, &[]);
     let bias = bias.unwrap_or(weight); // rmsnorm never reads it
     rec.dispatch(&key, &params, &[x.t, weight, bias, y.t], grid(x.rows as u32, rec.gpu.caps.max_workgroups_per_dim))
 }
