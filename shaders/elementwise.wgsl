@@ -18,20 +18,31 @@ struct EltParams {
     y_stride: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: EltParams;
-@group(0) @binding(1) var<storage, read> a: array<T>;
-#ifdef BINARY
-@group(0) @binding(2) var<storage, read> b: array<T>;
-@group(0) @binding(3) var<storage, read_write> y: array<T>;
+// VEC4 (binary): 4 consecutive elements per invocation, as 8- or 16-byte loads (the host picks it
+// when the columns, offsets and strides are multiples of 4, so a vector never leaves its row).
+#ifdef VEC4
+alias V = vec4<T>;
+const W: u32 = 4u;
 #else
+alias V = T;
+const W: u32 = 1u;
+#endif
+
+@group(0) @binding(0) var<uniform> p: EltParams;
+#ifdef BINARY
+@group(0) @binding(1) var<storage, read> a: array<V>;
+@group(0) @binding(2) var<storage, read> b: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
+#else
+@group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> y: array<T>;
 #endif
 
 #include gelu
 
-// Linear element index for this invocation, or false past the end.
+// Linear index of this invocation's first element (W per invocation), or false past the end.
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let i = ((wid.x + wid.y * nwg.x) * 256u + lid) * W;
     return vec2<u32>(i, u32(i < p.rows * p.cols));
 }
 
@@ -46,9 +57,18 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (e.y == 0u) { return; }
     let r = e.x / p.cols;
     let c = e.x % p.cols;
-    let av = f32(a[p.a_off + r * p.a_stride + c]);
-    let bv = f32(b[p.b_off + r * p.b_stride + c]);
-    y[p.y_off + r * p.y_stride + c] = T(select(av + bv, silu_f(av) * bv, OP == 1u));
+    let av = a[(p.a_off + r * p.a_stride + c) / W];
+    let bv = b[(p.b_off + r * p.b_stride + c) / W];
+    let yi = (p.y_off + r * p.y_stride + c) / W;
+#ifdef VEC4
+    y[yi] = V(vec4<f32>(op2(f32(av.x), f32(bv.x)), op2(f32(av.y), f32(bv.y)), op2(f32(av.z), f32(bv.z)), op2(f32(av.w), f32(bv.w))));
+#else
+    y[yi] = T(op2(f32(av), f32(bv)));
+#endif
+}
+
+fn op2(av: f32, bv: f32) -> f32 {
+    return select(av + bv, silu_f(av) * bv, OP == 1u);
 }
 #else
 @compute @workgroup_size(256)

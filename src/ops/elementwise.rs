@@ -77,6 +77,8 @@ pub fn variants() -> Vec<PipelineKey> {
         for b in [Binary::Add, Binary::SiluMul] {
             let f: Vec<&'static str> = flags.iter().copied().chain(["BINARY"]).collect();
             v.push(PipelineKey::new(BINARY_KERNEL, &f, &[("OP", b.op())]));
+            let f: Vec<&'static str> = flags.iter().copied().chain(["BINARY", "VEC4"]).collect();
+            v.push(PipelineKey::new(BINARY_KERNEL, &f, &[("OP", b.op())]));
         }
     }
     v
@@ -133,8 +135,14 @@ pub fn binary(rec: &mut Recorder, f: Binary, a: &Rows, b: &Rows, y: &Rows) -> Re
     };
     let mut flags = act_flags(op, a.t.dtype())?.to_vec();
     flags.push("BINARY");
+    // Four elements per invocation where no vector can straddle a row or start unaligned.
+    let vec4 = a.cols.is_multiple_of(4) && [a, b, y].iter().all(|r| r.off.is_multiple_of(4) && r.stride.is_multiple_of(4));
+    if vec4 {
+        flags.push("VEC4");
+    }
+    let per = if vec4 { 4 * WG } else { WG };
     let key = PipelineKey::new(BINARY_KERNEL, &flags, &[("OP", f.op())]);
-    rec.dispatch(&key, &params, &[a.t, b.t, y.t], grid(n.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
+    rec.dispatch(&key, &params, &[a.t, b.t, y.t], grid(n.div_ceil(per), rec.gpu.caps.max_workgroups_per_dim))
 }
 
 // ---- checks ----
@@ -177,20 +185,22 @@ async fn check_binary_strided(gpu: &Gpu) -> CheckResult {
     let mut worst = 0.0f64;
     for dtype in check::act_dtypes(gpu) {
         for f in [Binary::Add, Binary::SiluMul] {
-            for (rows, cols) in [(1, 1), (7, 33), (5, 577), (1, 5632)] {
-                // a and b are column slices of one fused [rows, 2*cols + 3] tensor (as gate|up).
-                let wide = 2 * cols + 3;
+            // (rows, cols, first column): a and b are column slices of one fused
+            // [rows, 2 * cols + 4] tensor (as gate|up); from column 0, with cols a multiple of
+            // 4, they take the 4-wide path (VEC4).
+            for (rows, cols, c0) in [(1, 1, 1), (7, 33, 1), (5, 577, 1), (1, 5632, 1), (3, 64, 0), (7, 36, 0), (2, 5632, 0)] {
+                let wide = 2 * cols + 4;
                 let src = check::round_to(dtype, &rng.vec(rows * wide, -6.0, 6.0));
                 let ab = Tensor::from_f32(gpu, &[rows, wide], dtype, &src)?;
                 let y = poisoned(gpu, &[rows, cols], dtype)?;
                 let mut rec = Recorder::new(gpu);
-                binary(&mut rec, f, &Rows::cols(&ab, 1, cols), &Rows::cols(&ab, 1 + cols, cols), &Rows::all(&y))?;
+                binary(&mut rec, f, &Rows::cols(&ab, c0, cols), &Rows::cols(&ab, c0 + cols, cols), &Rows::all(&y))?;
                 rec.finish()?.run(gpu).await?;
                 let got = gpu.read_f32(&y).await?;
                 let want: Vec<f64> = (0..rows * cols)
                     .map(|i| {
                         let (r, c) = (i / cols, i % cols);
-                        f.reference(src[r * wide + 1 + c] as f64, src[r * wide + 1 + cols + c] as f64)
+                        f.reference(src[r * wide + c0 + c] as f64, src[r * wide + c0 + cols + c] as f64)
                     })
                     .collect();
                 let tol = if dtype == crate::gpu::DType::F16 { Tol { abs: 2e-3, rel: 2e-3 } } else { Tol { abs: 1e-6, rel: 1e-6 } };
