@@ -26,14 +26,22 @@ struct RopeParams {
 @group(0) @binding(0) var<uniform> p: RopeParams;
 @group(0) @binding(1) var<storage, read> seq: array<u32>;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
+#ifdef VEC4
+// rope_kv with VEC4: 4 consecutive pairs (and 4 values) per invocation as vector loads; the
+// host picks it when the offset, stride and dim / 2 are multiples of 4.
+@group(0) @binding(3) var<storage, read_write> x: array<vec4<T>>;
+@group(0) @binding(4) var<storage, read_write> cache: array<vec4<T>>;
+#else
 @group(0) @binding(3) var<storage, read_write> x: array<T>;
 #ifdef KV
 // rope_kv: the KV cache, rows [capacity, 2 * kv_w] holding k | v.
 @group(0) @binding(4) var<storage, read_write> cache: array<T>;
 #endif
+#endif
 
 #include sincos
 
+#ifndef VEC4
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let half_dim = p.dim / 2u;
@@ -52,7 +60,55 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     x[b + i] = T(x1 * c - x2 * s);
     x[b + i + half_dim] = T(x2 * c + x1 * s);
 }
+#endif
 
+#ifdef VEC4
+// rope_kv as below, four pairs i..i+3 (and four values) per invocation.
+@compute @workgroup_size(256)
+fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let half_dim = p.dim / 2u;
+    let quarter = half_dim / 4u;
+    let idx = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let quads = p.rows * p.heads * quarter;
+    if (idx < quads) {
+        let i = 4u * (idx % quarter);
+        let h = (idx / quarter) % p.heads;
+        let r = idx / (quarter * p.heads);
+        let pos = f32(seq[0] + r);
+        let s0 = sincos(pos * inv_freq[i]);
+        let s1 = sincos(pos * inv_freq[i + 1u]);
+        let s2 = sincos(pos * inv_freq[i + 2u]);
+        let s3 = sincos(pos * inv_freq[i + 3u]);
+        let sn = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
+        let cs = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+        let b = (p.off + r * p.stride + h * p.dim + i) / 4u;
+        let hq = half_dim / 4u;
+        let x1 = vec4<f32>(x[b]);
+        let x2 = vec4<f32>(x[b + hq]);
+        let y1 = vec4<T>(x1 * cs - x2 * sn);
+        let y2 = vec4<T>(x2 * cs + x1 * sn);
+        x[b] = y1;
+        x[b + hq] = y2;
+        let row = seq[0] + r;
+        if (h >= p.kv_head0 && row < p.capacity) {
+            let cb = (row * 2u * p.kv_w + (h - p.kv_head0) * p.dim + i) / 4u;
+            cache[cb] = y1;
+            cache[cb + hq] = y2;
+        }
+        return;
+    }
+    // Values: after the q and k heads in the row.
+    let j = idx - quads;
+    let vq = p.kv_w / 4u;
+    if (j >= p.rows * vq) { return; }
+    let r = j / vq;
+    let c = 4u * (j % vq);
+    let row = seq[0] + r;
+    if (row < p.capacity) {
+        cache[(row * 2u * p.kv_w + p.kv_w + c) / 4u] = x[(p.off + r * p.stride + p.heads * p.dim + c) / 4u];
+    }
+}
+#else
 #ifdef KV
 // rope over q and k heads of a fused q | k | v row view, and the rotated keys and the values
 // appended to the cache at row seq[0] + r (positions past the cache are dropped): one dispatch.
@@ -91,4 +147,5 @@ fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         cache[row * 2u * p.kv_w + p.kv_w + c] = x[p.off + r * p.stride + p.heads * p.dim + c];
     }
 }
+#endif
 #endif

@@ -19,6 +19,8 @@ pub fn variants() -> Vec<PipelineKey> {
         PipelineKey::new(ROPE, &["F16"], &[]),
         PipelineKey::new(ROPE_KV, &["KV"], &[]),
         PipelineKey::new(ROPE_KV, &["F16", "KV"], &[]),
+        PipelineKey::new(ROPE_KV, &["KV", "VEC4"], &[]),
+        PipelineKey::new(ROPE_KV, &["F16", "KV", "VEC4"], &[]),
     ]
 }
 
@@ -91,7 +93,10 @@ pub fn rope_kv(rec: &mut Recorder, qkv: &Rows, r: &RopeKv) -> Result<()> {
         return Err(shape_err(op, format!("seq {:?} {} / inv_freq {:?} {} for head dim {dim}", seq.shape(), seq.dtype(), inv_freq.shape(), inv_freq.dtype())));
     }
     super::same_dtype(op, qkv.t.dtype(), &[cache])?;
-    let threads = u32_of(op, qkv.rows * (heads * dim / 2 + kvw))?;
+    // Four pairs (and values) per invocation where every vector starts on a multiple of 4.
+    let vec4 = (dim / 2).is_multiple_of(4) && qkv.off.is_multiple_of(4) && qkv.stride.is_multiple_of(4);
+    let per = if vec4 { 4 } else { 1 };
+    let threads = u32_of(op, qkv.rows * (heads * dim / 2 + kvw) / per)?;
     let params = RopeParams {
         rows: qkv.rows as u32,
         heads: heads as u32,
@@ -104,6 +109,9 @@ pub fn rope_kv(rec: &mut Recorder, qkv: &Rows, r: &RopeKv) -> Result<()> {
     };
     let mut flags = act_flags(op, qkv.t.dtype())?.to_vec();
     flags.push("KV");
+    if vec4 {
+        flags.push("VEC4");
+    }
     let key = PipelineKey::new(ROPE_KV, &flags, &[]);
     rec.dispatch(&key, &params, &[seq, inv_freq, qkv.t, cache], grid(threads.div_ceil(WG), rec.gpu.caps.max_workgroups_per_dim))
 }
@@ -157,7 +165,8 @@ async fn check_rope_kv(gpu: &Gpu) -> CheckResult {
     let mut rng = Rng::new(32);
     let mut worst = 0.0f64;
     for dt in check::act_dtypes(gpu) {
-        for (rows, qh, kvh, dim, pos0, cap) in [(3, 2, 2, 64, 7, 9), (5, 4, 2, 32, 0, 8), (3, 2, 1, 128, 40, 44)] {
+        // Head dims with dim / 2 a multiple of 4 take the 4-pair path (VEC4); 12 the scalar one.
+        for (rows, qh, kvh, dim, pos0, cap) in [(3, 2, 2, 64, 7, 9), (5, 4, 2, 32, 0, 8), (3, 2, 1, 128, 40, 44), (4, 2, 1, 12, 3, 6)] {
             let (qw, kvw) = (qh * dim, kvh * dim);
             let cols = qw + 2 * kvw;
             let x = check::round_to(dt, &rng.normals(rows * cols, 1.0));
