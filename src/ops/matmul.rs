@@ -586,7 +586,7 @@ async fn check_rms_linear(gpu: &Gpu) -> CheckResult {
     for act_dt in check::act_dtypes(gpu) {
         for w_dt in [DType::F32, DType::F16] {
             // Output widths giving 1, 2 and 4 columns per GEMV group.
-            // (m, k, n, residual, f32 output): the last, f16 x with f32 output (Y_F32, the logits).
+            // (m, k, n, residual, f32 output): the last two, f16 x with f32 output (Y_F32, the logits).
             for (m, k, n, residual, wide) in [(1, 64, 40, false, false), (3, 2048, 33, true, false), (12, 64, 20, true, false), (1, 16, 4100, false, false), (2, 16, 8200, true, false), (1, 2048, 300, false, true), (3, 40, 33, true, true)] {
                 let out_dt = if wide { DType::F32 } else { act_dt };
                 let x = check::round_to(act_dt, &rng.normals(m * k, 2.0));
