@@ -31,19 +31,22 @@ var<workgroup> red: array<f32, 256>;
 #ifdef SUBGROUPS
 // SUBGROUPS (any subgroup size): each subgroup sums with subgroupAdd and its first lane leaves
 // the sum in `red`; every invocation then adds the subgroups' sums. Two barriers where the
-// tree below takes nine. The entry points set the subgroup's place first.
-var<private> sg_id: u32;
-var<private> sg_lane: u32;
-var<private> sg_count: u32;
+// tree below takes nine. The entry points keep their subgroup's place in `sg` first.
+struct SubgroupPlace {
+    @builtin(subgroup_id) id: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(num_subgroups) count: u32,
+}
+var<private> sg: SubgroupPlace;
 
 fn reduce_sum(lid: u32, v: f32) -> f32 {
     let s = subgroupAdd(v);
-    if (sg_lane == 0u) {
-        red[sg_id] = s;
+    if (sg.lane == 0u) {
+        red[sg.id] = s;
     }
     workgroupBarrier();
     var total = 0.0;
-    for (var i = 0u; i < sg_count; i++) {
+    for (var i = 0u; i < sg.count; i++) {
         total += red[i];
     }
     workgroupBarrier();
@@ -68,13 +71,11 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 @compute @workgroup_size(256)
 fn layernorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
 #ifdef SUBGROUPS
-    @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) sl: u32, @builtin(num_subgroups) ns: u32,
+    place: SubgroupPlace,
 #endif
 ) {
 #ifdef SUBGROUPS
-    sg_id = sid;
-    sg_lane = sl;
-    sg_count = ns;
+    sg = place;
 #endif
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.rows) { return; }
@@ -99,13 +100,11 @@ fn layernorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @compute @workgroup_size(256)
 fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
 #ifdef SUBGROUPS
-    @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) sl: u32, @builtin(num_subgroups) ns: u32,
+    place: SubgroupPlace,
 #endif
 ) {
 #ifdef SUBGROUPS
-    sg_id = sid;
-    sg_lane = sl;
-    sg_count = ns;
+    sg = place;
 #endif
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.rows) { return; }

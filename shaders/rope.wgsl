@@ -67,6 +67,7 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @compute @workgroup_size(256)
 fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let half_dim = p.dim / 2u;
+    // Vectors per half head: the second half's vector lies this many after the first's.
     let quarter = half_dim / 4u;
     let idx = (wid.x + wid.y * nwg.x) * 256u + lid;
     let quads = p.rows * p.heads * quarter;
@@ -82,18 +83,17 @@ fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         let sn = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
         let cs = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
         let b = (p.off + r * p.stride + h * p.dim + i) / 4u;
-        let hq = half_dim / 4u;
         let x1 = vec4<f32>(x[b]);
-        let x2 = vec4<f32>(x[b + hq]);
+        let x2 = vec4<f32>(x[b + quarter]);
         let y1 = vec4<T>(x1 * cs - x2 * sn);
         let y2 = vec4<T>(x2 * cs + x1 * sn);
         x[b] = y1;
-        x[b + hq] = y2;
+        x[b + quarter] = y2;
         let row = seq[0] + r;
         if (h >= p.kv_head0 && row < p.capacity) {
             let cb = (row * 2u * p.kv_w + (h - p.kv_head0) * p.dim + i) / 4u;
             cache[cb] = y1;
-            cache[cb + hq] = y2;
+            cache[cb + quarter] = y2;
         }
         return;
     }
