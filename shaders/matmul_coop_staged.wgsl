@@ -7,7 +7,9 @@
 // or N repeat the last row (their results are not stored); k past K reads zeros.
 // Same parameters and epilogue as matmul.wgsl; f16 x and W (16-byte aligned rows), f32 sums.
 // Flags (coop_stage.wgsl): BN64 (64 x 64 tiles), BK64 (with BN64: 64-deep steps, each thread
-// copying 4 pieces of each tile; 40 KiB of workgroup memory).
+// copying 4 pieces of each tile; 40 KiB of workgroup memory). PIPE2: loads two steps ahead
+// instead of one, so each step's loads have a whole step (multiplies, stores, barrier) to land
+// before they are staged; the loop takes steps in pairs (an odd count gets a step of zeros).
 enable wgpu_cooperative_matrix;
 
 alias T = f16;
@@ -39,6 +41,45 @@ fn put_b(stage: u32, c: u32, v: H8) {
     Bs[at + 1u] = v.hi;
 }
 
+// Thread t's share of one k step's tiles: x pieces t + 128 i (2; BK64: 4) and W pieces
+// t + 128 i (2 with BN64, else 4; BK64: 4). Unused fields stay zero and cost nothing.
+struct Pieces {
+    a0: H8, a1: H8, a2: H8, a3: H8,
+    b0: H8, b1: H8, b2: H8, b3: H8,
+}
+
+fn load_step(m0: u32, n0: u32, k0: u32, t: u32) -> Pieces {
+    var r = Pieces(H8_ZERO, H8_ZERO, H8_ZERO, H8_ZERO, H8_ZERO, H8_ZERO, H8_ZERO, H8_ZERO);
+    r.a0 = load_a(m0, k0, t);
+    r.a1 = load_a(m0, k0, t + 128u);
+    r.b0 = load_b(n0, k0, t);
+    r.b1 = load_b(n0, k0, t + 128u);
+    if (BM * PR > 256u) {
+        r.a2 = load_a(m0, k0, t + 256u);
+        r.a3 = load_a(m0, k0, t + 384u);
+    }
+    if (BN * PR > 256u) {
+        r.b2 = load_b(n0, k0, t + 256u);
+        r.b3 = load_b(n0, k0, t + 384u);
+    }
+    return r;
+}
+
+fn put_step(stage: u32, t: u32, r: Pieces) {
+    put_a(stage, t, r.a0);
+    put_a(stage, t + 128u, r.a1);
+    put_b(stage, t, r.b0);
+    put_b(stage, t + 128u, r.b1);
+    if (BM * PR > 256u) {
+        put_a(stage, t + 256u, r.a2);
+        put_a(stage, t + 384u, r.a3);
+    }
+    if (BN * PR > 256u) {
+        put_b(stage, t + 256u, r.b2);
+        put_b(stage, t + 384u, r.b3);
+    }
+}
+
 @compute @workgroup_size(128)
 fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m_base = wid.y * BM;
@@ -55,99 +96,49 @@ fn gemm_coop_staged(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var c12: coop_mat16x16<f32, C>;
     var c13: coop_mat16x16<f32, C>;
     let steps = (p.k + BK - 1u) / BK;
-    var ra0 = load_a(m_base, 0u, t);
-    var ra1 = load_a(m_base, 0u, t + 128u);
-#ifdef BK64
-    var ra2 = load_a(m_base, 0u, t + 256u);
-    var ra3 = load_a(m_base, 0u, t + 384u);
-    var rb2 = load_b(n_base, 0u, t + 256u);
-    var rb3 = load_b(n_base, 0u, t + 384u);
-#endif
-    var rb0 = load_b(n_base, 0u, t);
-    var rb1 = load_b(n_base, 0u, t + 128u);
-#ifndef BN64
-    var rb2 = load_b(n_base, 0u, t + 256u);
-    var rb3 = load_b(n_base, 0u, t + 384u);
-#endif
-    put_a(0u, t, ra0);
-    put_a(0u, t + 128u, ra1);
-#ifdef BK64
-    put_a(0u, t + 256u, ra2);
-    put_a(0u, t + 384u, ra3);
-    put_b(0u, t + 256u, rb2);
-    put_b(0u, t + 384u, rb3);
-#endif
-    put_b(0u, t, rb0);
-    put_b(0u, t + 128u, rb1);
-#ifndef BN64
-    put_b(0u, t + 256u, rb2);
-    put_b(0u, t + 384u, rb3);
-#endif
+    var nx = load_step(m_base, n_base, 0u, t);
+    put_step(0u, t, nx);
     workgroupBarrier();
+#ifdef PIPE2
+    // nx: the next step's pieces, loaded a step ago; nn: the one after, loaded now. Steps past
+    // K load nothing (zeros).
+    nx = load_step(m_base, n_base, BK, t);
+    for (var s = 0u; s < steps; s += 2u) {
+        let nn = load_step(m_base, n_base, (s + 2u) * BK, t);
+        {
+            let ab = mr * S;
+            let bb = nr * S;
+#include coop_mma
+        }
+        put_step(1u, t, nx);
+        workgroupBarrier();
+        nx = load_step(m_base, n_base, (s + 3u) * BK, t);
+        {
+            let ab = BM * S + mr * S;
+            let bb = BN * S + nr * S;
+#include coop_mma
+        }
+        put_step(0u, t, nn);
+        workgroupBarrier();
+    }
+#else
     for (var s = 0u; s < steps; s++) {
         let cur = s % 2u;
         let more = s + 1u < steps;
         if (more) {
-            let k1 = (s + 1u) * BK;
-            ra0 = load_a(m_base, k1, t);
-            ra1 = load_a(m_base, k1, t + 128u);
-#ifdef BK64
-            ra2 = load_a(m_base, k1, t + 256u);
-            ra3 = load_a(m_base, k1, t + 384u);
-            rb2 = load_b(n_base, k1, t + 256u);
-            rb3 = load_b(n_base, k1, t + 384u);
-#endif
-            rb0 = load_b(n_base, k1, t);
-            rb1 = load_b(n_base, k1, t + 128u);
-#ifndef BN64
-            rb2 = load_b(n_base, k1, t + 256u);
-            rb3 = load_b(n_base, k1, t + 384u);
-#endif
+            nx = load_step(m_base, n_base, (s + 1u) * BK, t);
         }
-        let ab = cur * (BM * S) + mr * S;
-        let bb = cur * (BN * S) + nr * S;
-        for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + kk) / SE], S / SE);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
-#ifdef BN64
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
-#else
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c02 = coopMultiplyAdd(a0, b2, c02);
-            c03 = coopMultiplyAdd(a0, b3, c03);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
-            c12 = coopMultiplyAdd(a1, b2, c12);
-            c13 = coopMultiplyAdd(a1, b3, c13);
-#endif
+        {
+            let ab = cur * (BM * S) + mr * S;
+            let bb = cur * (BN * S) + nr * S;
+#include coop_mma
         }
         if (more) {
-            let nxt = 1u - cur;
-            put_a(nxt, t, ra0);
-            put_a(nxt, t + 128u, ra1);
-#ifdef BK64
-            put_a(nxt, t + 256u, ra2);
-            put_a(nxt, t + 384u, ra3);
-            put_b(nxt, t + 256u, rb2);
-            put_b(nxt, t + 384u, rb3);
-#endif
-            put_b(nxt, t, rb0);
-            put_b(nxt, t + 128u, rb1);
-#ifndef BN64
-            put_b(nxt, t + 256u, rb2);
-            put_b(nxt, t + 384u, rb3);
-#endif
+            put_step(1u - cur, t, nx);
         }
         workgroupBarrier();
     }
+#endif
     let m0 = m_base + mr;
     let n0 = n_base + nr;
     emit(c00, sid, lane, m0, n0);

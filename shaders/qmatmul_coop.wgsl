@@ -7,6 +7,7 @@
 // multiples of 32). k past K reads zeros from x, so the padded codes multiply nothing. BN64
 // (64-wide tiles): threads t and t + 64 load the same row and stage half of it each.
 // Flags as qmatmul.wgsl: Q4 (else int8), ZERO (int4 with offsets). f16 x (16-byte aligned rows).
+// PIPE2 as matmul_coop_staged.wgsl: loads two steps ahead.
 enable wgpu_cooperative_matrix;
 
 alias T = f16;
@@ -43,6 +44,10 @@ fn load_b(n0: u32, k0: u32, t: u32) -> RowCodes {
     let n = min(n0 + t, p.n - 1u);
     let c = k0 / 32u;
     var r: RowCodes;
+    // A step past K (PIPE2's padding) stages zeros.
+    if (k0 >= p.k) {
+        return r;
+    }
     let gi = n * p.row_groups + (k0 / p.group);
 #ifdef ZERO
     r.sc = scale_pair(gi);
@@ -112,6 +117,27 @@ fn put_b_half(stage: u32, t: u32, r: RowCodes) {
 }
 #endif
 
+// Thread t's share of one k step: x pieces t and t + 128, and row t % BN's codes.
+struct Pieces {
+    a0: H8,
+    a1: H8,
+    b: RowCodes,
+}
+
+fn load_step(m0: u32, n0: u32, k0: u32, t: u32) -> Pieces {
+    return Pieces(load_a(m0, k0, t), load_a(m0, k0, t + 128u), load_b(n0, k0, t % BN));
+}
+
+fn put_step(stage: u32, t: u32, r: Pieces) {
+    put_a(stage, t, r.a0);
+    put_a(stage, t + 128u, r.a1);
+#ifdef BN64
+    put_b_half(stage, t, r.b);
+#else
+    put_b(stage, t, r.b);
+#endif
+}
+
 @compute @workgroup_size(128)
 fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m_base = wid.y * BM;
@@ -127,63 +153,47 @@ fn qgemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var c12: coop_mat16x16<f32, C>;
     var c13: coop_mat16x16<f32, C>;
     let steps = (p.k + BK - 1u) / BK;
-    var ra0 = load_a(m_base, 0u, t);
-    var ra1 = load_a(m_base, 0u, t + 128u);
-    var rb = load_b(n_base, 0u, t % BN);
-    put_a(0u, t, ra0);
-    put_a(0u, t + 128u, ra1);
-#ifdef BN64
-    put_b_half(0u, t, rb);
-#else
-    put_b(0u, t, rb);
-#endif
+    var nx = load_step(m_base, n_base, 0u, t);
+    put_step(0u, t, nx);
     workgroupBarrier();
+#ifdef PIPE2
+    nx = load_step(m_base, n_base, BK, t);
+    for (var s = 0u; s < steps; s += 2u) {
+        let nn = load_step(m_base, n_base, (s + 2u) * BK, t);
+        {
+            let ab = mr * S;
+            let bb = nr * S;
+#include coop_mma
+        }
+        put_step(1u, t, nx);
+        workgroupBarrier();
+        nx = load_step(m_base, n_base, (s + 3u) * BK, t);
+        {
+            let ab = BM * S + mr * S;
+            let bb = BN * S + nr * S;
+#include coop_mma
+        }
+        put_step(0u, t, nn);
+        workgroupBarrier();
+    }
+#else
     for (var s = 0u; s < steps; s++) {
         let cur = s % 2u;
         let more = s + 1u < steps;
         if (more) {
-            let k1 = (s + 1u) * BK;
-            ra0 = load_a(m_base, k1, t);
-            ra1 = load_a(m_base, k1, t + 128u);
-            rb = load_b(n_base, k1, t % BN);
+            nx = load_step(m_base, n_base, (s + 1u) * BK, t);
         }
-        let ab = cur * (BM * S) + mr * S;
-        let bb = cur * (BN * S) + nr * S;
-        for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + kk) / SE], S / SE);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(ab + 16u * S + kk) / SE], S / SE);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + kk) / SE], S / SE);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 16u * S + kk) / SE], S / SE);
-#ifdef BN64
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
-#else
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 32u * S + kk) / SE], S / SE);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bb + 48u * S + kk) / SE], S / SE);
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c02 = coopMultiplyAdd(a0, b2, c02);
-            c03 = coopMultiplyAdd(a0, b3, c03);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
-            c12 = coopMultiplyAdd(a1, b2, c12);
-            c13 = coopMultiplyAdd(a1, b3, c13);
-#endif
+        {
+            let ab = cur * (BM * S) + mr * S;
+            let bb = cur * (BN * S) + nr * S;
+#include coop_mma
         }
         if (more) {
-            let nxt = 1u - cur;
-            put_a(nxt, t, ra0);
-            put_a(nxt, t + 128u, ra1);
-#ifdef BN64
-            put_b_half(nxt, t, rb);
-#else
-            put_b(nxt, t, rb);
-#endif
+            put_step(1u - cur, t, nx);
         }
         workgroupBarrier();
     }
+#endif
     let m0 = m_base + mr;
     let n0 = n_base + nr;
     emit(c00, sid, lane, m0, n0);

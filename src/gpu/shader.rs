@@ -37,11 +37,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("quantise", include_str!("../../shaders/quantise.wgsl")),
 ];
 
-/// Snippets inserted by `#include NAME` (no directives of their own).
+/// Snippets inserted by `#include NAME` (no includes of their own).
 pub const INCLUDES: &[(&str, &str)] = &[
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("qmatmul_params", include_str!("../../shaders/qmatmul_params.wgsl")),
     ("coop_stage", include_str!("../../shaders/coop_stage.wgsl")),
+    ("coop_mma", include_str!("../../shaders/coop_mma.wgsl")),
     ("attn_params", include_str!("../../shaders/attn_params.wgsl")),
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
     ("matmul_params", include_str!("../../shaders/matmul_params.wgsl")),

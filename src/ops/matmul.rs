@@ -92,9 +92,12 @@ pub fn variants() -> Vec<PipelineKey> {
         }
     }
     v.push(PipelineKey::new(GEMM_COOP, &["F16"], &[]));
-    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[]));
-    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64"], &[]));
-    v.push(PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64", "BK64"], &[]));
+    for pipe in [&[][..], &["PIPE2"]] {
+        for tile in [&[][..], &["BN64"], &["BN64", "BK64"]] {
+            let f: Vec<&'static str> = ["F16"].iter().chain(tile).chain(pipe).copied().collect();
+            v.push(PipelineKey::new(GEMM_COOP_STAGED, &f, &[]));
+        }
+    }
     v
 }
 
@@ -115,6 +118,13 @@ const STAGED_BK64_WG_BYTES: u32 = 2 * 2 * 64 * 72 * 2 + 4096;
 /// stays a candidate to compare (docs/PERFORMANCE.md) until a device run decides.
 fn staged_deep(gpu: &Gpu) -> bool {
     gpu.caps.max_workgroup_storage >= STAGED_BK64_WG_BYTES && std::env::var("DSVL_GEMM_BK64").is_ok_and(|v| v == "1")
+}
+
+/// Whether the staged tensor-core GEMMs (f16 and quantised) load two k steps ahead (flag
+/// PIPE2). Off unless `DSVL_GEMM_PIPE2=1`: a candidate until a device run decides
+/// (docs/PERFORMANCE.md).
+pub(crate) fn staged_pipe2() -> bool {
+    std::env::var("DSVL_GEMM_PIPE2").is_ok_and(|v| v == "1")
 }
 
 /// Whether tensor-core GEMMs stage their tiles through workgroup memory: where the adapter
@@ -384,12 +394,18 @@ fn dense(rec: &mut Recorder, x: &Rows, w: &RowSplit, ep: Epilogue, bias: &Tensor
         PipelineKey::new(GEMV_NORM, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
     } else if gemv {
         PipelineKey::new(GEMV, &flags, &[("CPG", tuning.0), ("UNROLL", tuning.1)])
-    } else if coop && staged && narrow && staged_deep(rec.gpu) {
-        PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64", "BK64"], &[])
-    } else if coop && staged && narrow {
-        PipelineKey::new(GEMM_COOP_STAGED, &["F16", "BN64"], &[])
     } else if coop && staged {
-        PipelineKey::new(GEMM_COOP_STAGED, &["F16"], &[])
+        let mut f = vec!["F16"];
+        if narrow {
+            f.push("BN64");
+            if staged_deep(rec.gpu) {
+                f.push("BK64");
+            }
+        }
+        if staged_pipe2() {
+            f.push("PIPE2");
+        }
+        PipelineKey::new(GEMM_COOP_STAGED, &f, &[])
     } else if coop {
         PipelineKey::new(GEMM_COOP, &["F16"], &[("NT", coop_tuning().0), ("KU", coop_tuning().1)])
     } else {

@@ -56,9 +56,10 @@ pub fn variants() -> Vec<PipelineKey> {
             v.push(PipelineKey::new(QGEMM, &base, &[]));
             v.push(PipelineKey::new(QGATHER, &base, &[]));
             if !act.is_empty() {
-                v.push(PipelineKey::new(QGEMM_COOP, &base, &[]));
-                let narrow: Vec<&'static str> = base.iter().copied().chain(["BN64"]).collect();
-                v.push(PipelineKey::new(QGEMM_COOP, &narrow, &[]));
+                for extra in [&[][..], &["BN64"], &["PIPE2"], &["BN64", "PIPE2"]] {
+                    let f: Vec<&'static str> = base.iter().chain(extra).copied().collect();
+                    v.push(PipelineKey::new(QGEMM_COOP, &f, &[]));
+                }
             }
             for extra in [&[][..], &["VEC"], &["SUBGROUPS"], &["VEC", "SUBGROUPS"]] {
                 for fused in [&[][..], &["GLU"], &["NORM"], &["NORM", "GLU"]] {
@@ -134,6 +135,9 @@ pub(crate) fn qlinear(rec: &mut Recorder, x: &Rows, w: &QMatrix, ep: Epilogue, b
         let mut f: Vec<&str> = flags.iter().copied().filter(|f| *f != "VEC").collect();
         if narrow {
             f.push("BN64");
+        }
+        if super::matmul::staged_pipe2() {
+            f.push("PIPE2");
         }
         PipelineKey::new(QGEMM_COOP, &f, &[])
     } else {
