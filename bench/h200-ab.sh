@@ -6,7 +6,8 @@
 # $ARM_CHECKS, default all), `bench-ops` rows for each filter in $OPS (all arms) and
 # $BASE_OPS (old and new only),
 # then `dsvl-gpu bench` for each quant in $QUANTS, the arms alternating, $ROUNDS rounds, and with
-# TORCH=1 the PyTorch reference (bf16, SDPA) last, for a ratio on whichever card came.
+# STATS=1 the driver's statistics of every kernel variant (`dsvl-gpu pipeline-stats`), and
+# with TORCH=1 the PyTorch reference (bf16, SDPA) last, for a ratio on whichever card came.
 # Build both here (strip, gzip -9 into .bin; docs/PERFORMANCE.md says how), carry
 # [".gl", ".bin"], command: bash bench/h200-ab.sh   (log: $OUT/h200-ab.log)
 set -uo pipefail
@@ -55,6 +56,10 @@ for q in ${PROFILE:-}; do
     step "bench --quant $q --profile (dsvl-gpu)"
     ./.bin/dsvl-gpu bench --model "$D" --quant "$q" --profile 2>&1 | grep -v "loading weights"
 done
+if [ "${STATS:-0}" = 1 ]; then
+    step "pipeline-stats (the driver's registers, shared memory and spills per kernel)"
+    ./.bin/dsvl-gpu pipeline-stats ${STATS_FILTER:-} 2>&1
+fi
 if [ "${TORCH:-0}" = 1 ]; then
     step "PyTorch reference (bf16, SDPA)"
     python3 bench/real_shapes.py torch-bench "$D"

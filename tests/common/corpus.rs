@@ -385,6 +385,9 @@ fn gpu(b: &mut Builder) {
     let mut a = args.to_vec();
     a.extend(["--image", big.as_str()]);
     b.add("image beyond a 64 KiB binding limit", &a, &[("DSVL_MAX_BINDING", "65536")], Expect::Error(vec!["big-600x600.png", "allows 65536"]));
+    // The statistics tool's two ways to find nothing: no variant, no Vulkan driver.
+    b.add("pipeline-stats of no variant", &["pipeline-stats", "no-such-kernel"], &[], Expect::Error(vec!["no pipeline variant matches \"no-such-kernel\""]));
+    b.add("pipeline-stats without Vulkan", &["pipeline-stats", "gemv"], &[("VK_ICD_FILENAMES", "/nonexistent/icd.json")], Expect::Error(vec!["Vulkan"]));
 }
 
 /// The 7B hybrid tower's own ways to be wrong, on tests/fixtures/dsvl/tiny-hybrid-orig.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod pipeline_stats;
 mod quant;
 mod run;
 mod selftest;
@@ -59,6 +60,12 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// What the Vulkan driver reports for each kernel variant (registers, shared memory, spills),
+    /// compiled as wgpu compiles it; needs VK_KHR_pipeline_executable_properties.
+    PipelineStats {
+        /// Only variants whose name contains this.
+        filter: Option<String>,
+    },
 }
 
 fn main() {
@@ -109,6 +116,7 @@ fn run() -> Result<()> {
             }
             print!("{}", open()?.describe());
         }
+        Cmd::PipelineStats { filter } => pipeline_stats::pipeline_stats(filter.as_deref())?,
         Cmd::SelftestKernels { filter } => {
             let gpu = open()?;
             println!("adapter: {}", gpu.adapter);
