@@ -1,4 +1,4 @@
-// One k step of the staged tensor-core GEMMs (pasted where used, twice in the PIPE2 loop): the
+// One k step of the staged tensor-core GEMMs (pasted by coop_main.wgsl: once per step of its loops): the
 // subgroup's 2 x 4 (BN64: 2 x 2) 16x16 products from the stage whose x and W tiles start at
 // `ab` and `bb` (its rows' offsets included). Needs the accumulators c00 .. c13.
 for (var kk = 0u; kk < BK; kk += 16u) {

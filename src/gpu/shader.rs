@@ -1,7 +1,7 @@
 //! WGSL sources and the one small preprocessor that specialises them.
 //!
 //! Supported lines: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable) and
-//! `#include NAME` (a snippet from `INCLUDES`, for helpers two shaders share). A variant
+//! `#include NAME` (a snippet from `INCLUDES`, for code two shaders share). A variant
 //! with the flag `F16` gets `enable f16;` prepended. `SUBGROUPS` variants get no directive:
 //! naga 30 rejects `enable subgroups;` and gates the builtins by the device feature instead
 //! (wgpu 30 does not expose subgroups in the browser, so those variants are native-only).
@@ -37,11 +37,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("quantise", include_str!("../../shaders/quantise.wgsl")),
 ];
 
-/// Snippets inserted by `#include NAME` (no includes of their own).
+/// Snippets inserted by `#include NAME`.
 pub const INCLUDES: &[(&str, &str)] = &[
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("qmatmul_params", include_str!("../../shaders/qmatmul_params.wgsl")),
     ("coop_stage", include_str!("../../shaders/coop_stage.wgsl")),
+    ("coop_main", include_str!("../../shaders/coop_main.wgsl")),
     ("coop_mma", include_str!("../../shaders/coop_mma.wgsl")),
     ("attn_params", include_str!("../../shaders/attn_params.wgsl")),
     ("epilogue", include_str!("../../shaders/epilogue.wgsl")),
@@ -59,9 +60,16 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::Shader { shader: name.into(), message: "no such shader file".into() })
 }
 
-/// Pastes every `#include` (one level: includes hold no includes), so the directives inside
-/// an include see the same flags as the shader's own.
+/// Includes inside includes, at most (a snippet including itself would never end).
+const MAX_INCLUDE_DEPTH: usize = 3;
+
+/// Pastes every `#include` (includes may include, to `MAX_INCLUDE_DEPTH`), so the directives
+/// inside an include see the same flags as the shader's own.
 fn paste_includes(name: &str, src: &str) -> Result<String> {
+    paste_at(name, src, 0)
+}
+
+fn paste_at(name: &str, src: &str, depth: usize) -> Result<String> {
     let mut out = String::with_capacity(src.len() + 4096);
     for (i, line) in src.lines().enumerate() {
         if let Some(rest) = line.trim_start().strip_prefix("#include ") {
@@ -69,7 +77,10 @@ fn paste_includes(name: &str, src: &str) -> Result<String> {
                 .iter()
                 .find(|(n, _)| *n == rest.trim())
                 .ok_or_else(|| Error::Shader { shader: name.into(), message: format!("line {}: unknown #include", i + 1) })?;
-            out.push_str(inc.1);
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(Error::Shader { shader: name.into(), message: format!("#include {} nested deeper than {MAX_INCLUDE_DEPTH}", inc.0) });
+            }
+            out.push_str(&paste_at(name, inc.1, depth + 1)?);
         } else {
             out.push_str(line);
         }
@@ -134,6 +145,9 @@ mod tests {
         assert!(preprocess("t", "#define X\n", &[]).is_err());
         assert!(preprocess("t", "#include nope\n", &[]).is_err());
         assert!(preprocess("t", "#include gelu\n", &[]).unwrap().contains("fn gelu_erf_f"));
+        // Nested: coop_main pastes coop_mma, whose BN64 branch the flags pick.
+        let nested = preprocess("t", "#include coop_main\n", &["BN64"]).unwrap();
+        assert!(nested.contains("c11 = coopMultiplyAdd(a1, b1, c11)") && !nested.contains("c13 = coopMultiplyAdd"));
         assert!(preprocess("t", "x", &["F16"]).unwrap().starts_with("enable f16;"));
     }
 }
