@@ -43,9 +43,10 @@ def main(path):
                     bench[(b.group(1), b.group(2))][name].append(float(f.group(1)))
         o = re.match(r"bench-ops --only \S+ \((.*)\)$", step)
         if o and line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) >= 2:
-                ops[cells[0]][o.group(1)] = cells[1]
+            # | name | ms | GFLOP/s | GB/s | spread |, where a name may hold '|' (gate|up).
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 5 and re.match(r"^[\d.]+$", cells[-4]):
+                ops["|".join(cells[:-4]).replace("|", "/")][o.group(1)] = cells[-4]
     if bench:
         print("| quant | arm | " + " | ".join(n for n, _ in FIGURES) + " |")
         print("|---|---|" + "---|" * len(FIGURES))

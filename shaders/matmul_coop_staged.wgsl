@@ -36,8 +36,8 @@ fn load_b(n0: u32, k0: u32, c: u32) -> H8 {
 
 fn put_b(stage: u32, c: u32, v: H8) {
     let at = (stage * (BN * S) + (c / PR) * S + 8u * (c % PR)) / 4u;
-    Bs[at] = v.lo;
-    Bs[at + 1u] = v.hi;
+    Bs[at] = lo4(v);
+    Bs[at + 1u] = hi4(v);
 }
 
 // Thread t's share of one k step's tiles: x pieces t + 128 i (2; BK64: 4) and W pieces
