@@ -28,7 +28,7 @@ var<workgroup> cs: array<f32, 1024>;
 
 // 8 consecutive f16 of a row, loaded as one 16-byte vec4<u32> and converted to f16 only when
 // staged (naga's bitcast does not take u32 to f16 vectors, so through f32: exact). Loading them
-// as two vec4<f16> instead made every staged GEMM 20-28% slower on the H100 (run t1).
+// as two vec4<f16> instead made every staged GEMM 14-28% slower on the H100 (run t1).
 alias H8 = vec4<u32>;
 
 const H8_ZERO = vec4<u32>(0u);

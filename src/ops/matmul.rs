@@ -114,15 +114,16 @@ pub(crate) fn staged_narrow() -> bool {
 const STAGED_BK64_WG_BYTES: u32 = 2 * 2 * 64 * 72 * 2 + 4096;
 
 /// Whether the staged f16 GEMM with 64-wide tiles takes 64-deep k steps (flag BK64: half the
-/// barriers per product). Off unless `DSVL_GEMM_BK64=1`: it has not been timed yet, so it
-/// stays a candidate to compare (docs/PERFORMANCE.md) until a device run decides.
+/// barriers per product). Off unless `DSVL_GEMM_BK64=1`: with PIPE2 it was slower on 7 of 9
+/// shapes in run t1 (H100); alone it has not been timed (docs/PERFORMANCE.md).
 fn staged_deep(gpu: &Gpu) -> bool {
     gpu.caps.max_workgroup_storage >= STAGED_BK64_WG_BYTES && std::env::var("DSVL_GEMM_BK64").is_ok_and(|v| v == "1")
 }
 
 /// Whether the staged tensor-core GEMMs (f16 and quantised) load two k steps ahead (flag
-/// PIPE2). Off unless `DSVL_GEMM_PIPE2=1`: a candidate until a device run decides
-/// (docs/PERFORMANCE.md).
+/// PIPE2). Off unless `DSVL_GEMM_PIPE2=1`: run t1 (H100) measured 4-7% on four prefill
+/// products with the f16 tile loads since reverted, so it is to be timed again before it
+/// becomes the default (docs/PERFORMANCE.md).
 pub(crate) fn staged_pipe2() -> bool {
     std::env::var("DSVL_GEMM_PIPE2").is_ok_and(|v| v == "1")
 }
