@@ -51,6 +51,27 @@ fn every_variant_validates() {
     }
 }
 
+/// Every tensor-core variant also rewrites into valid plain WGSL for `gpu::coop_emu` (what
+/// tests/coop_emulated.rs runs on lavapipe), including those too big for lavapipe's 32 KiB.
+#[test]
+fn every_tensor_core_variant_emulates() {
+    let mut n = 0;
+    for key in dsvl_gpu::ops::all_variants() {
+        let src = key.wgsl().unwrap();
+        if !src.contains("wgpu_cooperative_matrix") {
+            continue;
+        }
+        let out = dsvl_gpu::gpu::coop_emu::rewrite(key.kernel.shader, &src).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(!out.contains("coop_mat16x16") && !out.contains("coopLoad") && !out.contains("subgroup_id"), "{key}: not fully rewritten");
+        let module = parse(&format!("{key} (emulated)"), &out);
+        Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{key} (emulated): {}", e.emit_to_string(&out)));
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} tensor-core variants");
+}
+
 #[test]
 fn param_structs_match_wgsl() {
     for (file, wgsl_name, size, fields) in dsvl_gpu::ops::param_layouts() {

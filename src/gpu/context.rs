@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// How to open the GPU. Defaults come from the environment:
 /// `DSVL_ADAPTER` (name substring or index), `DSVL_MAX_BINDING` (bytes), `DSVL_NO_F16`,
-/// `DSVL_NO_SUBGROUPS`, `DSVL_NO_COOP`; `WGPU_BACKEND` is honoured by wgpu itself.
+/// `DSVL_NO_SUBGROUPS`, `DSVL_NO_COOP`, `DSVL_EMULATE_COOP`; `WGPU_BACKEND` is honoured by wgpu itself.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Adapter by index (as `dsvl-gpu info` lists them) or by a case-insensitive name substring.
@@ -22,6 +22,10 @@ pub struct GpuOptions {
     pub disable_subgroups: bool,
     /// Do not use cooperative matrices (tensor cores) even where the adapter has them.
     pub disable_coop: bool,
+    /// Where the adapter has no cooperative matrices but has SHADER_F16, run the tensor-core
+    /// kernels on an emulation of them (`gpu::coop_emu`): far slower, only for checking those
+    /// kernels on adapters such as lavapipe.
+    pub emulate_coop: bool,
 }
 
 impl GpuOptions {
@@ -33,6 +37,7 @@ impl GpuOptions {
             disable_f16: flag("DSVL_NO_F16"),
             disable_subgroups: flag("DSVL_NO_SUBGROUPS"),
             disable_coop: flag("DSVL_NO_COOP"),
+            emulate_coop: flag("DSVL_EMULATE_COOP"),
         }
     }
 }
@@ -48,6 +53,9 @@ pub struct Caps {
     /// Cooperative matrices (tensor cores) of 16x16x16 f16 with f32 accumulation, subgroup
     /// scope, with subgroups of exactly 32 (native Vulkan/Metal adapters that report them).
     pub coop16: bool,
+    /// `coop16` is an emulation (`GpuOptions::emulate_coop`): the tensor-core kernels are
+    /// rewritten into plain WGSL when compiled, and need no subgroups.
+    pub coop_emulated: bool,
     /// Largest storage binding we will create (the adapter's limit, or lower if asked).
     pub max_binding: u64,
     pub max_buffer: u64,
@@ -214,6 +222,7 @@ impl Gpu {
         if coop16 {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
+        let coop_emulated = !coop16 && !opts.disable_coop && opts.emulate_coop && features.contains(wgpu::Features::SHADER_F16);
         // SAFETY (of the token): wgpu marks cooperative matrices experimental. We only use
         // them in one GEMM kernel, with shapes checked on the host (whole 16x16 tiles inside
         // the bindings), and the kernel checks compare it with the f64 reference; DSVL_NO_COOP=1
@@ -256,7 +265,8 @@ impl Gpu {
             subgroup_min: info.subgroup_min_size,
             subgroup_max: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            coop16,
+            coop16: coop16 || coop_emulated,
+            coop_emulated,
             max_binding,
             max_buffer: limits.max_buffer_size,
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
@@ -324,13 +334,14 @@ impl Gpu {
         s += &format!("adapter: {}\n", self.adapter);
         s += &format!("features: {:?}\n", self.features);
         s += &format!(
-            "kernel paths: f16 {}, subgroups {} (size {}..{}), timestamps {}, cooperative matrix 16x16 f16 {}\n",
+            "kernel paths: f16 {}, subgroups {} (size {}..{}), timestamps {}, cooperative matrix 16x16 f16 {}{}\n",
             yes(c.f16),
             yes(c.subgroups),
             c.subgroup_min,
             c.subgroup_max,
             yes(c.timestamps),
-            yes(c.coop16)
+            yes(c.coop16),
+            if c.coop_emulated { " (emulated, DSVL_EMULATE_COOP)" } else { "" }
         );
         s += &format!("max_storage_buffer_binding_size: {} (using {})\n", l.max_storage_buffer_binding_size, c.max_binding);
         s += &format!("max_buffer_size: {}\n", l.max_buffer_size);

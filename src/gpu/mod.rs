@@ -2,6 +2,7 @@
 //! and recorded step lists.
 
 mod context;
+pub mod coop_emu;
 mod pipeline;
 mod plan;
 mod pool;

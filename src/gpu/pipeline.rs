@@ -85,7 +85,10 @@ impl Gpu {
         if key.flags.contains(&"SUBGROUPS") && !self.caps.subgroups {
             return Err(Error::MissingFeature { op: key.kernel.entry, feature: "SUBGROUP" });
         }
-        let src = key.wgsl()?;
+        let mut src = key.wgsl()?;
+        if self.caps.coop_emulated && src.contains("wgpu_cooperative_matrix") {
+            src = super::coop_emu::rewrite(key.kernel.shader, &src)?;
+        }
         if std::env::var_os("DSVL_DUMP_KERNELS").is_some() {
             eprintln!("// ---- {label}\n{src}");
         }
@@ -173,6 +176,13 @@ impl Gpu {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// The labels of the pipelines compiled so far (`shader.entry[FLAGS] CONST=v`), sorted.
+    pub fn compiled_kernels(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.pipelines.map.lock().map(|m| m.values().map(|p| p.label.clone()).collect()).unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Number of distinct pipelines compiled so far.

@@ -29,7 +29,7 @@ pub fn variants() -> Vec<PipelineKey> {
 /// subgroups of exactly 32 (the softmax maps lanes to rows). `DSVL_COOP_ATTN=0` turns it off.
 pub fn available(gpu: &Gpu) -> bool {
     let c = &gpu.caps;
-    c.coop16 && c.f16 && c.subgroups && c.subgroup_min == 32 && c.subgroup_max == 32 && std::env::var("DSVL_COOP_ATTN").map_or(true, |v| v != "0")
+    c.coop16 && c.f16 && (c.coop_emulated || (c.subgroups && c.subgroup_min == 32 && c.subgroup_max == 32)) && std::env::var("DSVL_COOP_ATTN").map_or(true, |v| v != "0")
 }
 
 /// Whether the kernel takes these (already checked) views: f16, head dim 64 or 128, at least a

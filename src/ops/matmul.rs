@@ -34,8 +34,10 @@ const GEMV_NORM_ROPE: Kernel = Kernel {
 const GEMM_COOP: Kernel = Kernel { shader: "matmul_coop", entry: "gemm_coop", binds: BINDS };
 /// The tensor-core GEMM with operand tiles staged through workgroup memory (`shaders/matmul_coop_staged.wgsl`).
 const GEMM_COOP_STAGED: Kernel = Kernel { shader: "matmul_coop_staged", entry: "gemm_coop_staged", binds: GEMM.binds };
-/// Workgroup memory the staged kernel declares: two stages of 64 + 128 rows of 40 f16, and 4 KiB of results.
+/// Workgroup memory the staged kernel declares: two stages of 64 + 128 rows of 40 f16, and 4 KiB
+/// of results; with 64-wide tiles (BN64) 64 + 64 rows, which fits 32 KiB adapters.
 const STAGED_WG_BYTES: u32 = (2 * (64 + 128) * 40) * 2 + 4096;
+const STAGED_BN64_WG_BYTES: u32 = (2 * (64 + 64) * 40) * 2 + 4096;
 
 /// Rows up to which the GEMV kernel is used (its per-workgroup row capacity).
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -131,7 +133,8 @@ pub(crate) fn staged_pipe2() -> bool {
 /// Whether tensor-core GEMMs stage their tiles through workgroup memory: where the adapter
 /// gives the workgroup memory, unless `DSVL_COOP_STAGED=0` (the direct-load kernel, for comparison).
 pub(crate) fn coop_staged(gpu: &Gpu) -> bool {
-    gpu.caps.max_workgroup_storage >= STAGED_WG_BYTES && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
+    let need = if staged_narrow() { STAGED_BN64_WG_BYTES } else { STAGED_WG_BYTES };
+    gpu.caps.max_workgroup_storage >= need && std::env::var("DSVL_COOP_STAGED").map_or(true, |v| v != "0")
 }
 
 /// Tensor-core GEMM shape: 16x16 tiles per subgroup along N (2 or 4) and k steps per loop

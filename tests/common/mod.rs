@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use dsvl_gpu::{Gpu, GpuOptions};
 
+#[allow(dead_code)] // not used by tests/coop_emulated.rs, which opens its own
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
