@@ -148,6 +148,24 @@ fn f16_weights_and_activations_stay_close() {
     run_fixture_as("tiny-orig", DType::F16, 2e-2);
 }
 
+/// The same with the tensor-core kernels (GEMMs, causal prefill attention) taking every product
+/// they fit: on emulated cooperative matrices where the adapter has none (lavapipe), so the
+/// graph's use of them is checked against HF, not only each kernel alone.
+#[test]
+fn f16_on_tensor_core_kernels_stays_close() {
+    let opts = dsvl_gpu::GpuOptions { emulate_coop: true, ..dsvl_gpu::GpuOptions::from_env() };
+    let gpu = pollster::block_on(dsvl_gpu::Gpu::new(&opts)).unwrap();
+    if !gpu.caps.coop16 {
+        eprintln!("{}: no SHADER_F16, so no emulated cooperative matrices; not run", gpu.adapter.name);
+        return;
+    }
+    run_fixture_on(&gpu, "tiny-orig", DType::F16, 2e-2);
+    let compiled = gpu.compiled_kernels();
+    for want in ["matmul_coop_staged.gemm_coop_staged[", "attention_coop.attn_coop[HD128]"] {
+        assert!(compiled.iter().any(|k| k.starts_with(want)), "{want} never ran; compiled: {compiled:#?}");
+    }
+}
+
 /// A chat session keeps its KV cache: answering the multi-turn prompt after its first turn
 /// prefills only the new part, and still produces HF's greedy continuation.
 #[test]
