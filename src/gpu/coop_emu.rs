@@ -17,8 +17,10 @@
 
 use crate::error::{Error, Result};
 
-/// The emulated types by role, and how many values of the matrix a lane holds.
-const ROLES: [(&str, &str, u32); 3] = [("A", "CoopEmuA", 8), ("B", "CoopEmuB", 8), ("C", "CoopEmuC", 8)];
+/// The emulated matrix, whatever its role: a lane's 8 values.
+const MAT: &str = "CoopEmu";
+/// The matrix types emulated: f16 operands, f32 accumulators.
+const TYPES: [&str; 3] = ["f16,A", "f16,B", "f32,C"];
 
 /// `src` (preprocessed) with every cooperative-matrix type, load, store and multiply replaced,
 /// and the entry point's subgroup builtins derived from its local invocation index.
@@ -27,8 +29,15 @@ pub fn rewrite(shader: &str, src: &str) -> Result<String> {
     if let Some(op) = ["subgroupAdd", "subgroupBroadcast", "subgroupShuffle", "subgroupMax", "subgroupMin"].iter().find(|op| src.contains(*op)) {
         return Err(err(format!("{op} needs real 32-wide subgroups")));
     }
-    if src.contains("coop_mat16x16<f16, C>") {
-        return Err(err("f16 accumulators are not emulated".into()));
+    let mut rest = src;
+    while let Some(at) = rest.find("coop_mat16x16<") {
+        let open = at + "coop_mat16x16".len();
+        let close = closing_angle(rest, open).ok_or_else(|| err("unclosed coop_mat16x16<".into()))?;
+        let ty = rest[open + 1..close].replace(' ', "");
+        if !TYPES.contains(&ty.as_str()) {
+            return Err(err(format!("matrix type `{ty}` is not emulated")));
+        }
+        rest = &rest[close..];
     }
     // Comments may name the functions being replaced; WGSL has no string literals to spare.
     let src: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
@@ -36,27 +45,25 @@ pub fn rewrite(shader: &str, src: &str) -> Result<String> {
     let src = rewrite_builtins(&src).map_err(err)?;
     let mut accessors: Vec<Accessor> = Vec::new();
     let src = rewrite_calls(&src, &mut accessors).map_err(err)?;
-    let src = replace_types(&src).map_err(err)?;
+    let src = replace_types(&src);
     let size = workgroup_size(&src).ok_or_else(|| err("a literal 1-D @workgroup_size that is a multiple of 32 is needed".into()))?;
     let mut out = src;
-    for (_, alias, n) in ROLES {
-        out.push_str(&format!("\nalias {alias} = array<f32, {n}>;"));
-    }
-    // Loop bounds come from a variable set at run time (8): constant ones get unrolled at every
-    // inlined call site, and lavapipe then took minutes to compile the attention kernel.
+    out.push_str(&format!("\nalias {MAT} = array<f32, 8>;"));
+    // Loop bounds come from a variable set at run time (8), so they are not unrolled at every
+    // inlined call site: lavapipe's cold compile of the attention check went 152 -> 138 s.
     out.push_str("\nvar<private> coop_emu_lane: u32;\nvar<private> coop_emu_sg: u32;\nvar<private> coop_emu_n: u32;\n");
     // Per nominal subgroup: an A and a B operand (f16: what they hold is f16).
     out.push_str(&format!("var<workgroup> coop_emu_x: array<f16, {}>;\n", size / 32 * 512));
     out.push_str(MAD);
-    for (name, role, store, row_major) in &accessors {
+    for (name, store, row_major) in &accessors {
         let elem = element_type(&out, name).ok_or_else(|| err(format!("no array declaration for `{name}`")))?;
-        out.push_str(&accessor(name, &elem, role, *store, *row_major).map_err(err)?);
+        out.push_str(&accessor(name, &elem, *store, *row_major).map_err(err)?);
     }
     Ok(out)
 }
 
 const MAD: &str = "
-fn coop_emu_mad(a: CoopEmuA, b: CoopEmuB, c: CoopEmuC) -> CoopEmuC {
+fn coop_emu_mad(a: CoopEmu, b: CoopEmu, c: CoopEmu) -> CoopEmu {
     let base = coop_emu_sg * 512u;
     let own = coop_emu_lane * 8u;
     for (var j = 0u; j < coop_emu_n; j++) {
@@ -152,11 +159,11 @@ fn is_ident_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// Rewrites `coopLoad[T]<type>(&a[i], stride)`, `coopStore[T](m, &a[i], stride)` and
-/// `coopMultiplyAdd(...)`, recording which accessors (array, store, row-major) are needed.
-/// (array, role, store, row-major) of a load or store function the rewritten source calls.
-type Accessor = (String, &'static str, bool, bool);
+/// (array, store, row-major) of a load or store function the rewritten source calls.
+type Accessor = (String, bool, bool);
 
+/// Rewrites `coopLoad[T]<type>(&a[i], stride)`, `coopStore[T](m, &a[i], stride)` and
+/// `coopMultiplyAdd(...)`, recording which accessors are needed.
 fn rewrite_calls(src: &str, accessors: &mut Vec<Accessor>) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
@@ -179,17 +186,9 @@ fn rewrite_calls(src: &str, accessors: &mut Vec<Accessor>) -> std::result::Resul
             }
         };
         let mut after = at + name_len;
-        // Stores take accumulators only (what the kernels store); loads name their role.
-        let mut role = "C";
+        // A load's matrix type (checked in `rewrite`): every role loads alike.
         if rest[after..].starts_with('<') {
-            let close = closing_angle(rest, after).ok_or_else(|| format!("{op}: unclosed template"))?;
-            let ty = rest[after + 1..close].replace(' ', "");
-            role = ROLES
-                .iter()
-                .map(|r| r.0)
-                .find(|r| ty.ends_with(&format!(",{r}>")))
-                .ok_or_else(|| format!("{op}: matrix type `{ty}` not emulated"))?;
-            after = close + 1;
+            after = closing_angle(rest, after).ok_or_else(|| format!("{op}: unclosed template"))? + 1;
         }
         if !rest[after..].starts_with('(') {
             return Err(format!("{op}: expected `(`"));
@@ -204,7 +203,7 @@ fn rewrite_calls(src: &str, accessors: &mut Vec<Accessor>) -> std::result::Resul
             _ => return Err(format!("{op}: expected {} arguments with the stride given", if store { 3 } else { 2 })),
         };
         let (array, index) = pointer_arg(ptr)?;
-        let func = accessor_name(array, role, store, row_major);
+        let func = accessor_name(array, store, row_major);
         // The index and stride may hold further calls (none are cooperative ones today).
         let index = rewrite_calls(index, accessors)?;
         let stride = rewrite_calls(stride, accessors)?;
@@ -212,7 +211,7 @@ fn rewrite_calls(src: &str, accessors: &mut Vec<Accessor>) -> std::result::Resul
             Some(m) => out.push_str(&format!("{func}({}, {index}, {stride})", rewrite_calls(m, accessors)?)),
             None => out.push_str(&format!("{func}({index}, {stride})")),
         }
-        let key = (array.to_string(), role, store, row_major);
+        let key = (array.to_string(), store, row_major);
         if !accessors.contains(&key) {
             accessors.push(key);
         }
@@ -222,28 +221,23 @@ fn rewrite_calls(src: &str, accessors: &mut Vec<Accessor>) -> std::result::Resul
     Ok(out)
 }
 
-fn accessor_name(array: &str, role: &str, store: bool, row_major: bool) -> String {
-    format!("coop_emu_{}{}_{role}_{array}", if store { "store" } else { "load" }, if row_major { "T" } else { "" })
+fn accessor_name(array: &str, store: bool, row_major: bool) -> String {
+    format!("coop_emu_{}{}_{array}", if store { "store" } else { "load" }, if row_major { "T" } else { "" })
 }
 
 /// Every `coop_mat16x16<...>` becomes the emulated matrix type.
-fn replace_types(src: &str) -> std::result::Result<String, String> {
+fn replace_types(src: &str) -> String {
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(at) = rest.find("coop_mat16x16<") {
         out.push_str(&rest[..at]);
-        let open = at + "coop_mat16x16".len();
-        let close = closing_angle(rest, open).ok_or("unclosed coop_mat16x16<")?;
-        let ty = rest[open + 1..close].replace(' ', "");
-        let alias = ROLES.iter().find(|r| ty.ends_with(&format!(",{}", r.0))).ok_or_else(|| format!("matrix type `{ty}` not emulated"))?.1;
-        out.push_str(alias);
+        out.push_str(MAT);
+        // `rewrite` found every template closed.
+        let close = closing_angle(rest, at + "coop_mat16x16".len()).unwrap_or(rest.len() - 1);
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
-    if out.contains("coop") && out.contains("coop_mat") {
-        return Err("a cooperative-matrix type is left".into());
-    }
-    Ok(out)
+    out
 }
 
 /// The entry point's `@builtin(subgroup_id)` and `@builtin(subgroup_invocation_id)` parameters
@@ -315,8 +309,8 @@ fn element_type(src: &str, name: &str) -> Option<String> {
     Some(inner.trim().to_string())
 }
 
-/// The load or store function for array `name` of `elem` elements and matrices of `role`.
-fn accessor(name: &str, elem: &str, role: &str, store: bool, row_major: bool) -> std::result::Result<String, String> {
+/// The load or store function for array `name` of `elem` elements.
+fn accessor(name: &str, elem: &str, store: bool, row_major: bool) -> std::result::Result<String, String> {
     let (unit, scalar) = match elem {
         "f16" | "f32" => (1u32, elem),
         "vec4<f16>" => (4, "f16"),
@@ -325,26 +319,21 @@ fn accessor(name: &str, elem: &str, role: &str, store: bool, row_major: bool) ->
         "vec2<f32>" => (2, "f32"),
         _ => return Err(format!("array `{name}` of {elem}: not emulated")),
     };
-    let (_, alias, _) = *ROLES.iter().find(|r| r.0 == role).ok_or_else(|| format!("role {role}"))?;
-    if store && role != "C" {
-        return Err(format!("storing {role} operands is not emulated"));
-    }
     let at = if unit == 1 { format!("{name}[i]") } else { format!("{name}[i / {unit}u][i % {unit}u]") };
     // Element (r, c): rows (row-major) or columns are `stride` elements apart.
     let index = if row_major { format!("(at + r * stride) * {unit}u + c") } else { format!("(at + c * stride) * {unit}u + r") };
-    // The lane's values: row lane / 2, columns 8 (lane % 2) + j, whatever the role.
-    let rc = "let r = coop_emu_lane / 2u;\n        let c = (coop_emu_lane % 2u) * 8u + j;";
-    let fname = accessor_name(name, role, store, row_major);
+    let fname = accessor_name(name, store, row_major);
     let (sig, decl, body, ret) = if store {
-        (format!("fn {fname}(m: {alias}, at: u32, stride: u32)"), String::new(), format!("{at} = {scalar}(m[j]);"), "")
+        (format!("fn {fname}(m: {MAT}, at: u32, stride: u32)"), String::new(), format!("{at} = {scalar}(m[j]);"), "")
     } else {
-        (format!("fn {fname}(at: u32, stride: u32) -> {alias}"), format!("\n    var m: {alias};"), format!("m[j] = f32({at});"), "\n    return m;")
+        (format!("fn {fname}(at: u32, stride: u32) -> {MAT}"), format!("\n    var m: {MAT};"), format!("m[j] = f32({at});"), "\n    return m;")
     };
     Ok(format!(
         "
 {sig} {{{decl}
     for (var j = 0u; j < coop_emu_n; j++) {{
-        {rc}
+        let r = coop_emu_lane / 2u;
+        let c = (coop_emu_lane % 2u) * 8u + j;
         let i = {index};
         {body}
     }}{ret}
@@ -366,8 +355,8 @@ mod tests {
             coopStoreT(c, &s[0], 16u);\n}\n";
         let out = rewrite("t", src).unwrap();
         assert!(out.contains("fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) coop_emu_lid: u32) { coop_emu_lane = coop_emu_lid % 32u; coop_emu_sg = coop_emu_lid / 32u; coop_emu_n = 8u; let sid = coop_emu_lid / 32u; let lane = coop_emu_lid % 32u;"), "{out}");
-        assert!(out.contains("c = coop_emu_mad(coop_emu_loadT_A_t(sid * 4u, 2u), coop_emu_load_B_t(min(lane, 3u), 2u), c);"), "{out}");
-        assert!(out.contains("coop_emu_storeT_C_s(c, 0, 16u);") && out.contains("var c: CoopEmuC;"), "{out}");
+        assert!(out.contains("c = coop_emu_mad(coop_emu_loadT_t(sid * 4u, 2u), coop_emu_load_t(min(lane, 3u), 2u), c);"), "{out}");
+        assert!(out.contains("coop_emu_storeT_s(c, 0, 16u);") && out.contains("var c: CoopEmu;"), "{out}");
         assert!(!out.contains("coop_mat") && !out.contains("wgpu_cooperative_matrix"), "{out}");
         naga::front::wgsl::parse_str(&out).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&out)));
     }
@@ -376,6 +365,7 @@ mod tests {
     fn refuses_what_it_cannot_emulate() {
         assert!(rewrite("t", "fn f() { let x = coopLoad<coop_mat16x16<f16, A>>(q, 4u); }").is_err());
         assert!(rewrite("t", "fn f() { let x = subgroupAdd(1.0); }").is_err());
+        assert!(rewrite("t", "fn f() { var x: coop_mat16x16<f16, C>; }").is_err());
         assert!(rewrite("t", "fn f() { let x = coopLoad<coop_mat16x16<f16, A>>(&nowhere[0], 4u); }").is_err());
     }
 }

@@ -26,7 +26,8 @@ pub fn variants() -> Vec<PipelineKey> {
 }
 
 /// Whether the adapter can run the kernel at all: cooperative 16x16 f16 matrices, f16 and
-/// subgroups of exactly 32 (the softmax maps lanes to rows). `DSVL_COOP_ATTN=0` turns it off.
+/// subgroups of exactly 32 (the softmax maps lanes to rows), or those matrices emulated (which
+/// derive lanes from the local index). `DSVL_COOP_ATTN=0` turns it off.
 pub fn available(gpu: &Gpu) -> bool {
     let c = &gpu.caps;
     c.coop16 && c.f16 && (c.coop_emulated || (c.subgroups && c.subgroup_min == 32 && c.subgroup_max == 32)) && std::env::var("DSVL_COOP_ATTN").map_or(true, |v| v != "0")
